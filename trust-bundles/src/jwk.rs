@@ -1,0 +1,630 @@
+//! Public JSON Web Keys (RFC 7517/7518): parsing with the checks a verifier needs, RFC 7638
+//! thumbprints, and conversion to aws-lc-rs verifying keys for the JWS algorithms we accept.
+//!
+//! Only public keys exist here. A JWK that carries private members is refused outright:
+//! publishing a private key is an incident, not a format variation.
+
+use std::fmt;
+use std::str::FromStr;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Map, Value};
+
+/// RSA moduli below this many bits are refused (SPEC §7, RFC 8725 §3.5 via NIST SP 800-57).
+pub const MIN_RSA_BITS: usize = 2048;
+/// RSA moduli above this many bits are refused: a verification budget, and aws-lc's limit.
+pub const MAX_RSA_BITS: usize = 8192;
+/// Longest `kid` we keep; longer ones are refused rather than indexed.
+pub const MAX_KID_LEN: usize = 256;
+
+/// JWK members that only a private (or symmetric) key has. RFC 7518 §6.2.2, §6.3.2, §6.4.1;
+/// RFC 8037 §2.
+const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// Why a JWK cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwkError {
+    #[error("JWK is not a JSON object")]
+    NotAnObject,
+    #[error("JWK carries private key member `{0}`")]
+    PrivateMaterial(&'static str),
+    #[error("JWK `kty` is missing")]
+    MissingKty,
+    #[error("JWK `kty` {0:?} is not supported")]
+    UnsupportedKty(String),
+    #[error("JWK curve {0:?} is not supported")]
+    UnsupportedCurve(String),
+    #[error("JWK `alg` {0:?} is not a supported signature algorithm")]
+    UnsupportedAlg(String),
+    #[error("JWK member `{0}` is missing or not a string")]
+    MissingMember(&'static str),
+    #[error("JWK member `{0}` is not canonical unpadded base64url")]
+    BadBase64(&'static str),
+    #[error("JWK member `{member}` has {got} bytes, expected {expected}")]
+    BadLength {
+        member: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("JWK member `{0}` is not a minimal unsigned integer")]
+    NonMinimalInteger(&'static str),
+    #[error("RSA modulus of {bits} bits is outside [{MIN_RSA_BITS}, {MAX_RSA_BITS}]")]
+    RsaKeySize { bits: usize },
+    #[error("RSA public key is invalid")]
+    BadRsaKey,
+    #[error("EC point is not on curve {0}")]
+    PointNotOnCurve(&'static str),
+    #[error("Ed25519 public key is invalid")]
+    BadEd25519Key,
+    #[error("JWK `kid` is invalid: {0}")]
+    BadKid(KidError),
+}
+
+impl JwkError {
+    /// Whether a SPIFFE bundle skips (and reports) a key with this error instead of refusing
+    /// the whole bundle: keys of a type or algorithm we do not know may be meant for other
+    /// consumers (SPIFFE Trust Domain and Bundle §4.2).
+    pub fn is_skippable(&self) -> bool {
+        matches!(
+            self,
+            Self::UnsupportedKty(_) | Self::UnsupportedCurve(_) | Self::UnsupportedAlg(_)
+        )
+    }
+}
+
+/// A key ID. Compared byte for byte; never interpreted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Kid(String);
+
+/// Why a string is not an acceptable `kid`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KidError {
+    #[error("empty")]
+    Empty,
+    #[error("longer than {MAX_KID_LEN} bytes")]
+    TooLong,
+    #[error("contains a control character")]
+    Control,
+}
+
+impl Kid {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Kid {
+    type Err = KidError;
+    fn from_str(s: &str) -> Result<Self, KidError> {
+        if s.is_empty() {
+            return Err(KidError::Empty);
+        }
+        if s.len() > MAX_KID_LEN {
+            return Err(KidError::TooLong);
+        }
+        if s.chars().any(char::is_control) {
+            return Err(KidError::Control);
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Kid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The JWS signature algorithms we verify (RFC 7518 §3.1, RFC 8037 §3.1). A closed set:
+/// `none` and the HMAC family are not "unsupported", they are forbidden (RFC 8725 §3.1-3.2),
+/// and parsing says so distinctly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwsAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+/// Why an `alg` value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlgError {
+    #[error("`alg` none is never accepted")]
+    None,
+    #[error("symmetric `alg` {0} is never accepted")]
+    Symmetric(String),
+    #[error("`alg` {0:?} is not supported")]
+    Unsupported(String),
+}
+
+impl JwsAlgorithm {
+    pub const ALL: [Self; 9] = [
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+        Self::EdDSA,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+
+    fn verification(self) -> &'static dyn VerificationAlgorithm {
+        match self {
+            Self::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+            Self::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+            Self::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+            Self::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+            Self::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+            Self::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+            // RFC 7518 §3.4: JWS ECDSA signatures are R || S, fixed width.
+            Self::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+            Self::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+            Self::EdDSA => &signature::ED25519,
+        }
+    }
+}
+
+impl FromStr for JwsAlgorithm {
+    type Err = AlgError;
+    fn from_str(s: &str) -> Result<Self, AlgError> {
+        if let Some(alg) = Self::ALL.into_iter().find(|a| a.as_str() == s) {
+            return Ok(alg);
+        }
+        // Compared case-insensitively so that `None` or `hs256` cannot slip through as
+        // merely "unsupported" in a message an operator skims.
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Err(AlgError::None),
+            "hs256" | "hs384" | "hs512" => Err(AlgError::Symmetric(s.to_owned())),
+            _ => Err(AlgError::Unsupported(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for JwsAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An elliptic curve we verify on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EcCurve {
+    P256,
+    P384,
+}
+
+impl EcCurve {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::P256 => "P-256",
+            Self::P384 => "P-384",
+        }
+    }
+
+    fn coordinate_len(self) -> usize {
+        match self {
+            Self::P256 => 32,
+            Self::P384 => 48,
+        }
+    }
+
+    /// The one JWS algorithm for keys on this curve (RFC 7518 §3.4).
+    pub fn algorithm(self) -> JwsAlgorithm {
+        match self {
+            Self::P256 => JwsAlgorithm::ES256,
+            Self::P384 => JwsAlgorithm::ES384,
+        }
+    }
+}
+
+/// Public key material, validated: RSA sizes in range, EC points on their curve.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PublicKey {
+    /// Big-endian modulus and exponent, minimal (no leading zero octets).
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// Affine coordinates, each exactly the curve's field width.
+    Ec {
+        curve: EcCurve,
+        x: Vec<u8>,
+        y: Vec<u8>,
+    },
+    /// RFC 8037 Ed25519 public key.
+    Ed25519 { x: [u8; 32] },
+}
+
+impl PublicKey {
+    /// The encoding aws-lc-rs (and an X.509 SubjectPublicKeyInfo's BIT STRING) uses: a DER
+    /// `RSAPublicKey`, an uncompressed SEC1 point, or the raw Ed25519 key.
+    pub fn spki_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Rsa { n, e } => der_rsa_public_key(n, e),
+            Self::Ec { x, y, .. } => {
+                let mut point = Vec::with_capacity(1 + x.len() + y.len());
+                point.push(0x04);
+                point.extend_from_slice(x);
+                point.extend_from_slice(y);
+                point
+            }
+            Self::Ed25519 { x } => x.to_vec(),
+        }
+    }
+
+    /// Whether `alg` belongs to this key's family (and, for EC, to its curve).
+    pub fn fits(&self, alg: JwsAlgorithm) -> bool {
+        use JwsAlgorithm as A;
+        match self {
+            Self::Rsa { .. } => matches!(
+                alg,
+                A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512
+            ),
+            Self::Ec { curve, .. } => curve.algorithm() == alg,
+            Self::Ed25519 { .. } => alg == A::EdDSA,
+        }
+    }
+
+    /// Modulus size in bits for RSA keys.
+    pub fn rsa_bits(&self) -> Option<usize> {
+        match self {
+            Self::Rsa { n, .. } => Some(bit_len(n)),
+            _ => None,
+        }
+    }
+}
+
+/// A validated public JWK.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Jwk {
+    pub key: PublicKey,
+    pub kid: Option<Kid>,
+    /// The JWK's own `alg`, when given: it pins the one algorithm the key may verify.
+    pub alg: Option<JwsAlgorithm>,
+}
+
+/// Why a signature does not verify with a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("`alg` {alg} does not fit the key")]
+    AlgMismatch { alg: JwsAlgorithm },
+    #[error("key was refused by the crypto provider")]
+    KeyRejected,
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+/// A key ready to verify signatures of one algorithm. Build it once, verify many times.
+pub struct VerifyingKey {
+    alg: JwsAlgorithm,
+    key: ParsedPublicKey,
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyingKey {
+    pub fn algorithm(&self) -> JwsAlgorithm {
+        self.alg
+    }
+
+    /// Verifies `signature` over `message` (for JWS: the ASCII signing input).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+        self.key
+            .verify_sig(message, signature)
+            .map_err(|_| VerifyError::BadSignature)
+    }
+}
+
+impl Jwk {
+    /// Parses a public JWK from a JSON object. Members other than those of the key type,
+    /// `kid` and `alg` (such as `use`, `key_ops`, `x5c`) are left to the caller.
+    pub fn from_json(value: &Value) -> Result<Self, JwkError> {
+        let obj = value.as_object().ok_or(JwkError::NotAnObject)?;
+        if let Some(member) = PRIVATE_MEMBERS.into_iter().find(|m| obj.contains_key(*m)) {
+            return Err(JwkError::PrivateMaterial(member));
+        }
+        let kty = obj
+            .get("kty")
+            .and_then(Value::as_str)
+            .ok_or(JwkError::MissingKty)?;
+        let key = match kty {
+            "RSA" => parse_rsa(obj)?,
+            "EC" => parse_ec(obj)?,
+            "OKP" => parse_okp(obj)?,
+            other => return Err(JwkError::UnsupportedKty(other.to_owned())),
+        };
+        let alg = match obj.get("alg") {
+            None => None,
+            Some(Value::String(s)) => match s.parse::<JwsAlgorithm>() {
+                Ok(alg) if key.fits(alg) => Some(alg),
+                _ => return Err(JwkError::UnsupportedAlg(s.clone())),
+            },
+            Some(_) => return Err(JwkError::MissingMember("alg")),
+        };
+        let kid = match obj.get("kid") {
+            None => None,
+            Some(Value::String(s)) => Some(s.parse().map_err(JwkError::BadKid)?),
+            Some(_) => return Err(JwkError::MissingMember("kid")),
+        };
+        Ok(Self { key, kid, alg })
+    }
+
+    /// The key as a JSON object with `kty`, its public members, `kid` and `alg` when set.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        for (name, value) in self.required_members() {
+            m.insert(name.to_owned(), Value::String(value));
+        }
+        if let Some(kid) = &self.kid {
+            m.insert("kid".into(), Value::String(kid.0.clone()));
+        }
+        if let Some(alg) = self.alg {
+            m.insert("alg".into(), Value::String(alg.as_str().into()));
+        }
+        m
+    }
+
+    /// RFC 7638 §3.2 required members, in lexicographic order, values as they appear in JSON.
+    fn required_members(&self) -> Vec<(&'static str, String)> {
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        match &self.key {
+            PublicKey::Rsa { n, e } => vec![("e", b64(e)), ("kty", "RSA".into()), ("n", b64(n))],
+            PublicKey::Ec { curve, x, y } => vec![
+                ("crv", curve.name().into()),
+                ("kty", "EC".into()),
+                ("x", b64(x)),
+                ("y", b64(y)),
+            ],
+            PublicKey::Ed25519 { x } => vec![
+                ("crv", "Ed25519".into()),
+                ("kty", "OKP".into()),
+                ("x", b64(x)),
+            ],
+        }
+    }
+
+    /// The RFC 7638 JWK SHA-256 thumbprint, base64url without padding: the `jkt` of
+    /// RFC 9449 §6.1.
+    pub fn thumbprint_sha256(&self) -> String {
+        // RFC 7638 §3.1: no whitespace, members in lexicographic order. The member values
+        // are base64url or fixed names, so they need no JSON escaping.
+        let mut canonical = String::from("{");
+        for (i, (name, value)) in self.required_members().into_iter().enumerate() {
+            if i > 0 {
+                canonical.push(',');
+            }
+            canonical.push_str(&format!("\"{name}\":\"{value}\""));
+        }
+        canonical.push('}');
+        URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
+    }
+
+    /// A verifier for `alg`, which must fit the key's family and, when the JWK names an
+    /// `alg`, be exactly that one (RFC 7517 §4.4; RFC 8725 §3.1).
+    pub fn verifying_key(&self, alg: JwsAlgorithm) -> Result<VerifyingKey, VerifyError> {
+        if !self.key.fits(alg) || self.alg.is_some_and(|pinned| pinned != alg) {
+            return Err(VerifyError::AlgMismatch { alg });
+        }
+        let key = ParsedPublicKey::new(alg.verification(), self.key.spki_bytes())
+            .map_err(|_| VerifyError::KeyRejected)?;
+        Ok(VerifyingKey { alg, key })
+    }
+}
+
+fn member<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, JwkError> {
+    obj.get(name)
+        .and_then(Value::as_str)
+        .ok_or(JwkError::MissingMember(name))
+}
+
+fn b64_member(obj: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, JwkError> {
+    URL_SAFE_NO_PAD
+        .decode(member(obj, name)?)
+        .map_err(|_| JwkError::BadBase64(name))
+}
+
+/// RFC 7518 §2 "Base64urlUInt": the minimum number of octets, zero as a single zero octet.
+fn uint_member(obj: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, JwkError> {
+    let bytes = b64_member(obj, name)?;
+    match bytes.as_slice() {
+        [] | [0, _, ..] => Err(JwkError::NonMinimalInteger(name)),
+        _ => Ok(bytes),
+    }
+}
+
+fn bit_len(n: &[u8]) -> usize {
+    match n.first() {
+        // INVARIANT: minimal integers have a non-zero first octet.
+        Some(&first) => n.len() * 8 - first.leading_zeros() as usize,
+        None => 0,
+    }
+}
+
+fn parse_rsa(obj: &Map<String, Value>) -> Result<PublicKey, JwkError> {
+    let n = uint_member(obj, "n")?;
+    let e = uint_member(obj, "e")?;
+    let bits = bit_len(&n);
+    if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+        return Err(JwkError::RsaKeySize { bits });
+    }
+    let key = PublicKey::Rsa { n, e };
+    // aws-lc checks the exponent (odd, 3 ≤ e < 2^33) and the modulus.
+    ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, key.spki_bytes())
+        .map_err(|_| JwkError::BadRsaKey)?;
+    Ok(key)
+}
+
+fn parse_ec(obj: &Map<String, Value>) -> Result<PublicKey, JwkError> {
+    let curve = match member(obj, "crv")? {
+        "P-256" => EcCurve::P256,
+        "P-384" => EcCurve::P384,
+        other => return Err(JwkError::UnsupportedCurve(other.to_owned())),
+    };
+    let width = curve.coordinate_len();
+    let x = b64_member(obj, "x")?;
+    let y = b64_member(obj, "y")?;
+    // RFC 7518 §6.2.1.2-3: coordinates are the full field width, never shortened.
+    for (name, c) in [("x", &x), ("y", &y)] {
+        if c.len() != width {
+            return Err(JwkError::BadLength {
+                member: name,
+                expected: width,
+                got: c.len(),
+            });
+        }
+    }
+    let key = PublicKey::Ec { curve, x, y };
+    // aws-lc validates the point: on the curve, not the identity (invalid-curve attacks).
+    ParsedPublicKey::new(curve.algorithm().verification(), key.spki_bytes())
+        .map_err(|_| JwkError::PointNotOnCurve(curve.name()))?;
+    Ok(key)
+}
+
+fn parse_okp(obj: &Map<String, Value>) -> Result<PublicKey, JwkError> {
+    match member(obj, "crv")? {
+        "Ed25519" => {}
+        other => return Err(JwkError::UnsupportedCurve(other.to_owned())),
+    }
+    let x = b64_member(obj, "x")?;
+    let got = x.len();
+    let x: [u8; 32] = x.try_into().map_err(|_| JwkError::BadLength {
+        member: "x",
+        expected: 32,
+        got,
+    })?;
+    ParsedPublicKey::new(&signature::ED25519, x).map_err(|_| JwkError::BadEd25519Key)?;
+    Ok(PublicKey::Ed25519 { x })
+}
+
+/// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }` (RFC 8017 A.1.1).
+fn der_rsa_public_key(n: &[u8], e: &[u8]) -> Vec<u8> {
+    let mut body = der_uint(n);
+    body.extend(der_uint(e));
+    der_tlv(0x30, &body)
+}
+
+fn der_uint(v: &[u8]) -> Vec<u8> {
+    let v = match v.iter().position(|&b| b != 0) {
+        Some(i) => v.get(i..).unwrap_or_default(),
+        None => &[0u8][..],
+    };
+    let mut content = Vec::with_capacity(v.len() + 1);
+    if v.first().is_some_and(|&b| b & 0x80 != 0) {
+        content.push(0); // keep it positive
+    }
+    content.extend_from_slice(v);
+    der_tlv(0x02, &content)
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let len_bytes = len.to_be_bytes();
+        let skip = len_bytes.iter().take_while(|&&b| b == 0).count();
+        let significant = len_bytes.get(skip..).unwrap_or_default();
+        out.push(0x80 | significant.len() as u8);
+        out.extend_from_slice(significant);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// RFC 7638 §3.1's example key and thumbprint.
+    #[test]
+    fn rfc7638_thumbprint_vector() {
+        let jwk = Jwk::from_json(&json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        }))
+        .unwrap();
+        assert_eq!(
+            jwk.thumbprint_sha256(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+        assert_eq!(jwk.key.rsa_bits(), Some(2048));
+        assert_eq!(jwk.kid.as_ref().map(Kid::as_str), Some("2011-04-29"));
+    }
+
+    #[test]
+    fn alg_names() {
+        for alg in JwsAlgorithm::ALL {
+            assert_eq!(alg.as_str().parse::<JwsAlgorithm>(), Ok(alg));
+        }
+        assert_eq!("none".parse::<JwsAlgorithm>(), Err(AlgError::None));
+        assert_eq!("NONE".parse::<JwsAlgorithm>(), Err(AlgError::None));
+        assert!(matches!(
+            "HS256".parse::<JwsAlgorithm>(),
+            Err(AlgError::Symmetric(_))
+        ));
+        assert!(matches!(
+            "hs512".parse::<JwsAlgorithm>(),
+            Err(AlgError::Symmetric(_))
+        ));
+        assert!(matches!(
+            "ES512".parse::<JwsAlgorithm>(),
+            Err(AlgError::Unsupported(_))
+        ));
+        assert!(matches!(
+            "es256".parse::<JwsAlgorithm>(),
+            Err(AlgError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn der_lengths() {
+        assert_eq!(der_tlv(0x04, &[1, 2]), vec![0x04, 2, 1, 2]);
+        let long = der_tlv(0x04, &[0; 300]);
+        assert_eq!(long.get(..4), Some(&[0x04, 0x82, 0x01, 0x2c][..]));
+        assert_eq!(der_uint(&[0x80]), vec![0x02, 2, 0, 0x80]);
+        assert_eq!(der_uint(&[1, 0, 1]), vec![0x02, 3, 1, 0, 1]);
+    }
+
+    #[test]
+    fn kid_rules() {
+        assert_eq!("".parse::<Kid>(), Err(KidError::Empty));
+        assert_eq!("a\nb".parse::<Kid>(), Err(KidError::Control));
+        assert!("k".repeat(MAX_KID_LEN).parse::<Kid>().is_ok());
+        assert_eq!(
+            "k".repeat(MAX_KID_LEN + 1).parse::<Kid>(),
+            Err(KidError::TooLong)
+        );
+    }
+}
