@@ -7,6 +7,7 @@
 //! - [`Jwk`]: public JWKs, RFC 7638 thumbprints, and verifying keys for the JWS algorithms
 //!   we accept.
 //! - [`Clock`]: injected time; [`SystemClock`] is the only wall-clock read in the workspace.
+//! - [`jws::UnverifiedJws`]: compact JWS parsing with budgets and verification.
 //! - [`json::parse_strict`]: JSON that refuses duplicate member names.
 //!
 //! What it will not do: any I/O (no files, sockets, or environment), fetching of bundles,
@@ -16,6 +17,7 @@ pub mod bundle;
 pub mod clock;
 pub mod json;
 pub mod jwk;
+pub mod jws;
 pub mod spiffe_id;
 pub mod x509;
 

@@ -10,6 +10,7 @@
 
 mod bundle;
 mod jwk;
+mod jws;
 mod roundtrip;
 mod spiffe_id;
 mod support;
