@@ -106,10 +106,10 @@ fn vector_file_is_well_formed() {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, entry) in entries.iter().enumerate() {
-            if let Some(input) = field(entry, key, name, i, &mut failures) {
-                if !seen.insert(input) {
-                    failures.push(format!("{name}[{i}]: duplicate {key} {input:?}"));
-                }
+            if let Some(input) = field(entry, key, name, i, &mut failures)
+                && !seen.insert(input)
+            {
+                failures.push(format!("{name}[{i}]: duplicate {key} {input:?}"));
             }
             match field(entry, "source", name, i, &mut failures) {
                 Some(source) if source.trim().is_empty() => {
@@ -117,14 +117,13 @@ fn vector_file_is_well_formed() {
                 }
                 _ => {}
             }
-            if has_error {
-                if let Some(error) = field(entry, "error", name, i, &mut failures) {
-                    if !VARIANTS.contains(&error) {
-                        failures.push(format!(
-                            "{name}[{i}]: `error` {error:?} is not a SpiffeIdError variant"
-                        ));
-                    }
-                }
+            if has_error
+                && let Some(error) = field(entry, "error", name, i, &mut failures)
+                && !VARIANTS.contains(&error)
+            {
+                failures.push(format!(
+                    "{name}[{i}]: `error` {error:?} is not a SpiffeIdError variant"
+                ));
             }
         }
     }
