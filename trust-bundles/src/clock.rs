@@ -92,6 +92,26 @@ impl Clock for ManualClock {
     }
 }
 
+/// A monotonic stopwatch for measuring latency (never for deciding validity: that is
+/// [`Clock`]'s job). Lives here so the workspace has one module that reads clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    pub fn start() -> Self {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "monotonic time for latency measurement only"
+        )]
+        let now = std::time::Instant::now();
+        Self(now)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ pub mod spiffe_id;
 pub mod x509;
 
 pub use bundle::{BundleError, SpiffeBundle, TrustBundles};
-pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
+pub use clock::{Clock, ManualClock, Stopwatch, SystemClock, UnixTime};
 pub use jwk::{Jwk, JwsAlgorithm, Kid, PublicKey, VerifyingKey};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use x509::{SvidError, SvidUsage, verify_x509_svid};

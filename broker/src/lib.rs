@@ -1,0 +1,11 @@
+//! trustbroker, the broker: configuration, durable state, the HTTP surface and the CLI.
+//! `main.rs` only parses arguments and calls [`cli::run`].
+//!
+//! What it will not do: decide anything about tokens itself. Every decision is the
+//! `token-exchange` core's; this crate wires it to HTTP, storage and the audit log.
+
+pub mod cli;
+pub mod config;
+pub mod serve;
+pub mod server;
+pub mod store;

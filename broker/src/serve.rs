@@ -1,0 +1,192 @@
+//! `trustbroker serve`: everything is validated and opened before a port is bound, so a
+//! bad configuration or an unusable state directory never half-starts.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use token_exchange::Exchanger;
+use token_exchange::attestation::RefuseAllEvidence;
+use token_exchange::exchange::{ExchangeSettings, Stores};
+use token_exchange::keys::{BrokerKeySource, KeyRing, RotationPolicy};
+use token_exchange::policy::Policy;
+use token_exchange::state::MemoryStore;
+use token_exchange::subject::Validator;
+use trust_bundles::{Clock, SystemClock};
+
+use crate::config::{Config, StateConfig};
+use crate::server::{self, AppState};
+use crate::store::DurableStore;
+
+/// How often the key ring is brought up to date.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+/// SPEC §9: in-flight requests get this long to finish after SIGTERM.
+const SHUTDOWN_GRACE_SECS: u64 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] token_exchange::keys::KeyError),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn rotation(cfg: &Config) -> RotationPolicy {
+    RotationPolicy {
+        rotate_every: cfg.keys.rotate_every,
+        publish_ahead: cfg.keys.publish_ahead,
+        max_token_ttl: cfg.limits.max_ttl,
+    }
+}
+
+/// Opens state and builds the application, without binding anything.
+pub fn build(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Arc<AppState>, ServeError> {
+    let StateConfig::Embedded { path } = &cfg.state;
+    let store = Arc::new(DurableStore::open(path)?);
+    let mut ring = KeyRing::from_records(store.load_keys()?)?;
+    let mut seq = store.bundle_sequence()?;
+    if ring.maintain(&cfg.keys.algorithms, &rotation(cfg), clock.now())? || seq == 0 {
+        seq = store.save_keys(&ring.records())?;
+    }
+    let ring = Arc::new(RwLock::new(ring));
+
+    let keys = Arc::new(BrokerKeySource::new(
+        cfg.local_trust_domain.as_str().to_owned(),
+        ring.clone(),
+        clock.clone(),
+        Arc::new(cfg.static_keys.clone()),
+    ));
+    let validator = Validator::new(cfg.domains.clone(), keys, cfg.clock_skew);
+    let memory = Arc::new(MemoryStore::new());
+    let exchanger = Exchanger::new(
+        ExchangeSettings {
+            issuer: cfg.issuer.clone(),
+            limits: cfg.limits,
+            skew: cfg.clock_skew,
+        },
+        validator,
+        Policy::new(cfg.boundaries.clone()),
+        ring.clone(),
+        Stores {
+            nonces: memory.clone(),
+            replay: memory,
+        },
+        Arc::new(RefuseAllEvidence),
+        clock.clone(),
+    );
+    Ok(Arc::new(AppState {
+        exchanger,
+        ring,
+        store,
+        clock,
+        issuer: cfg.issuer.clone(),
+        bundle_sequence: AtomicU64::new(seq),
+    }))
+}
+
+/// Brings the ring up to date and persists it when it changed.
+fn maintain(state: &AppState, cfg: &Config) {
+    let records = {
+        let mut ring = state.ring.write().unwrap_or_else(PoisonError::into_inner);
+        match ring.maintain(&cfg.keys.algorithms, &rotation(cfg), state.clock.now()) {
+            Ok(true) => Some(ring.records()),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "key rotation failed");
+                None
+            }
+        }
+    };
+    if let Some(records) = records {
+        match state.store.save_keys(&records) {
+            Ok(seq) => {
+                state
+                    .bundle_sequence
+                    .store(seq, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(
+                    keys = records.len(),
+                    bundle_sequence = seq,
+                    "signing keys rotated"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "persisting rotated keys failed"),
+        }
+    }
+}
+
+fn tls_config(cfg: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&cfg.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", cfg.cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key)
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", cfg.key.display())))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| ServeError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| ServeError::Tls(e.to_string()))
+}
+
+/// Runs the broker until SIGTERM or SIGINT, then drains in-flight requests.
+pub async fn run(cfg: Config) -> Result<(), ServeError> {
+    if cfg.allow_http_fetch_to_loopback {
+        tracing::warn!(
+            switch = "danger.allow_http_fetch_to_loopback",
+            "plain-http fetches to loopback are allowed: anyone on this host can serve keys"
+        );
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let state = build(&cfg, clock)?;
+    let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
+
+    let data = web::Data::from(state.clone());
+    let server =
+        HttpServer::new(move || App::new().app_data(data.clone()).configure(server::routes))
+            .shutdown_timeout(SHUTDOWN_GRACE_SECS);
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23(cfg.listen, tls),
+        None => server.bind(cfg.listen),
+    }
+    .map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let bound: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
+    tracing::info!(
+        listen = %bound.join(","),
+        issuer = %cfg.issuer,
+        trust_domains = cfg.domains.len().saturating_sub(1),
+        boundaries = cfg.boundaries.len(),
+        state = %state.store.path().display(),
+        "trustbroker is serving"
+    );
+
+    let maint_state = state.clone();
+    let maint_cfg = cfg.clone();
+    let maintenance = actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(MAINTENANCE_EVERY);
+        loop {
+            tick.tick().await;
+            maintain(&maint_state, &maint_cfg);
+        }
+    });
+    let result = server.run().await;
+    maintenance.abort();
+    tracing::info!("trustbroker stopped");
+    result.map_err(ServeError::Io)
+}

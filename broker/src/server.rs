@@ -1,0 +1,326 @@
+//! The HTTP surface (SPEC §8) on actix-web: the token endpoint, nonces, metadata, keys,
+//! health. Handlers translate HTTP to the core's types and back; nothing is decided here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+use token_exchange::audit::{AuditRecord, Decision};
+use token_exchange::exchange::NONCE_TTL;
+use token_exchange::keys::{KeyRing, SigningAlg};
+use token_exchange::{ErrorCode, Exchanger, Inbound};
+use trust_bundles::bundle::JwtAuthority;
+use trust_bundles::{Clock, SpiffeBundle, Stopwatch};
+
+use crate::store::DurableStore;
+
+/// Largest `/token` body accepted (SPEC §4).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Shared state of every worker.
+pub struct AppState {
+    pub exchanger: Exchanger,
+    pub ring: Arc<RwLock<KeyRing>>,
+    pub store: Arc<DurableStore>,
+    pub clock: Arc<dyn Clock>,
+    pub issuer: String,
+    pub bundle_sequence: AtomicU64,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/token", web::post().to(token))
+        .route("/attest/challenge", web::post().to(challenge))
+        .route("/.well-known/openid-configuration", web::get().to(metadata))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            web::get().to(metadata),
+        )
+        .route("/jwks", web::get().to(jwks))
+        .route("/bundle", web::get().to(bundle))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+fn no_store(mut resp: HttpResponse) -> HttpResponse {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// An OAuth error response (RFC 6749 §5.2) with the code's status.
+fn oauth_error(code: ErrorCode, status: StatusCode, nonce: Option<&str>) -> HttpResponse {
+    let mut builder = HttpResponse::build(status);
+    if let Some(n) = nonce
+        && let Ok(v) = HeaderValue::from_str(n)
+    {
+        builder.insert_header(("DPoP-Nonce", v));
+    }
+    if code == ErrorCode::TemporarilyUnavailable {
+        builder.insert_header((header::RETRY_AFTER, "1"));
+    }
+    no_store(builder.json(json!({"error": code.as_str(), "error_description": code.description()})))
+}
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// Writes the audit line (SPEC §9): one flat JSON object per decision, on stdout.
+pub fn emit_audit(r: &AuditRecord, watch: &Stopwatch) {
+    let latency_us = u64::try_from(watch.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let decision = match r.decision {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+    };
+    tracing::info!(
+        target: "audit",
+        event = r.event,
+        decision,
+        reason = r.reason,
+        detail = r.detail.as_deref(),
+        subject = r.subject.as_deref(),
+        from = r.from.as_deref(),
+        audience = r.audience.as_deref(),
+        scope_requested = r.scope_requested.as_deref(),
+        scope_granted = r.scope_granted.as_deref(),
+        boundary = r.boundary.as_deref(),
+        node = r.node.as_deref(),
+        actor = r.actor.as_deref(),
+        jti_in = r.jti_in.as_deref(),
+        jti_out = r.jti_out.as_deref(),
+        latency_us,
+    );
+}
+
+fn header_values<'a>(headers: &'a HeaderMap, name: &str) -> Result<Vec<&'a str>, ()> {
+    headers
+        .get_all(name)
+        .map(|v| v.to_str().map_err(|_| ()))
+        .collect()
+}
+
+/// A request refused before it reached the core still gets its audit line.
+fn refuse_early(
+    code: ErrorCode,
+    status: StatusCode,
+    detail: &str,
+    watch: &Stopwatch,
+) -> HttpResponse {
+    let mut r = AuditRecord::new("token_exchange");
+    r.decision = Decision::Deny;
+    r.reason = code.as_str();
+    r.detail = Some(detail.to_owned());
+    emit_audit(&r, watch);
+    oauth_error(code, status, None)
+}
+
+async fn token(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let watch = Stopwatch::start();
+    let bad = StatusCode::BAD_REQUEST;
+
+    // RFC 6749 §3.2: form-encoded body.
+    let form_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if form_type != Some(true) {
+        return refuse_early(
+            ErrorCode::InvalidRequest,
+            bad,
+            "content type is not application/x-www-form-urlencoded",
+            &watch,
+        );
+    }
+    let too_large = StatusCode::PAYLOAD_TOO_LARGE;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return refuse_early(
+            ErrorCode::InvalidRequest,
+            too_large,
+            "body over 64 KiB",
+            &watch,
+        );
+    }
+    // Chunked bodies have no Content-Length: the limit is enforced while reading too.
+    let body = match payload.to_bytes_limited(MAX_BODY_BYTES).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return refuse_early(
+                ErrorCode::InvalidRequest,
+                bad,
+                "body could not be read",
+                &watch,
+            );
+        }
+        Err(_) => {
+            return refuse_early(
+                ErrorCode::InvalidRequest,
+                too_large,
+                "body over 64 KiB",
+                &watch,
+            );
+        }
+    };
+    if std::str::from_utf8(&body).is_err() {
+        return refuse_early(ErrorCode::InvalidRequest, bad, "body is not UTF-8", &watch);
+    }
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let (Ok(dpop), Ok(evidence)) = (
+        header_values(req.headers(), "DPoP"),
+        header_values(req.headers(), "Runtime-Attestation"),
+    ) else {
+        return refuse_early(
+            ErrorCode::InvalidRequest,
+            bad,
+            "a header is not visible ASCII",
+            &watch,
+        );
+    };
+
+    let outcome = state
+        .exchanger
+        .exchange(Inbound {
+            form: &form,
+            dpop: &dpop,
+            evidence: &evidence,
+        })
+        .await;
+    emit_audit(&outcome.audit, &watch);
+    match outcome.result {
+        Ok(resp) => no_store(HttpResponse::Ok().json(resp.to_json())),
+        Err(refusal) => {
+            let code = refusal.code();
+            oauth_error(
+                code,
+                status_of(code),
+                refusal.fresh_nonce.as_ref().map(|n| n.as_str()),
+            )
+        }
+    }
+}
+
+async fn challenge(state: web::Data<AppState>) -> HttpResponse {
+    match state.exchanger.challenge().await {
+        Ok(nonce) => {
+            let mut resp = no_store(HttpResponse::Ok().json(json!({
+                "nonce": nonce.as_str(),
+                "expires_in": NONCE_TTL.as_secs(),
+            })));
+            if let Ok(v) = HeaderValue::from_str(nonce.as_str()) {
+                resp.headers_mut()
+                    .insert(header::HeaderName::from_static("dpop-nonce"), v);
+            }
+            resp
+        }
+        Err(e) => {
+            let code = e.code();
+            oauth_error(code, status_of(code), None)
+        }
+    }
+}
+
+async fn metadata(state: web::Data<AppState>) -> HttpResponse {
+    let iss = &state.issuer;
+    let dpop_algs: Vec<&str> = trust_bundles::JwsAlgorithm::ALL
+        .iter()
+        .map(|a| a.as_str())
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "issuer": iss,
+        "jwks_uri": format!("{iss}/jwks"),
+        "token_endpoint": format!("{iss}/token"),
+        "introspection_endpoint": format!("{iss}/introspect"),
+        "revocation_endpoint": format!("{iss}/revoke"),
+        "grant_types_supported": [token_exchange::request::GRANT_TYPE_TOKEN_EXCHANGE],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "dpop_signing_alg_values_supported": dpop_algs,
+        "id_token_signing_alg_values_supported": ["ES256", "RS256"],
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "scopes_supported": [],
+    }))
+}
+
+fn published_keys(state: &AppState) -> Vec<trust_bundles::Jwk> {
+    let ring = state.ring.read().unwrap_or_else(PoisonError::into_inner);
+    ring.published(state.clock.now())
+        .into_iter()
+        .map(|k| k.jwk().clone())
+        .collect()
+}
+
+async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+    let keys: Vec<Value> = published_keys(&state)
+        .iter()
+        .map(|k| {
+            let mut v = k.to_json();
+            v.insert("use".into(), "sig".into());
+            Value::Object(v)
+        })
+        .collect();
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=60"))
+        .json(json!({ "keys": keys }))
+}
+
+async fn bundle(state: web::Data<AppState>) -> HttpResponse {
+    let authorities = published_keys(&state)
+        .into_iter()
+        .filter_map(|jwk| jwk.kid.clone().map(|kid| JwtAuthority { kid, jwk }))
+        .collect();
+    let seq = state.bundle_sequence.load(Ordering::SeqCst);
+    match SpiffeBundle::new(Some(seq), Duration::from_secs(300), Vec::new(), authorities) {
+        Ok(b) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(b.to_json()),
+        Err(e) => {
+            tracing::error!(error = %e, "own bundle is inconsistent");
+            HttpResponse::ServiceUnavailable().finish()
+        }
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let store_ok = state.store.ping().is_ok();
+    let keys_ok = {
+        let ring = state.ring.read().unwrap_or_else(PoisonError::into_inner);
+        ring.signer(SigningAlg::ES256, state.clock.now()).is_ok()
+    };
+    let body = json!({"store": store_ok, "keys": keys_ok});
+    if store_ok && keys_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
