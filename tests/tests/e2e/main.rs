@@ -1,0 +1,14 @@
+//! End-to-end scenarios against real `trustbroker` processes on loopback, as numbered
+//! steps that include the refusals (STYLE §20).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly by design"
+)]
+
+mod google_auth;
+mod hostile;
+mod serve;
+mod world;

@@ -1,0 +1,125 @@
+//! The broker as an operator meets it: metadata, keys, a full exchange, the audit log,
+//! and a clean exit on SIGTERM.
+
+use serde_json::Value;
+use trust_bundles::SpiffeBundle;
+use trust_bundles::jws::UnverifiedJws;
+use trustbroker_tests::issuers::*;
+
+use crate::world::*;
+
+#[test]
+fn a_full_exchange_from_metadata_to_sigterm() {
+    // 1. Start a broker federated (statically) with cluster-a.
+    let w = World::start();
+
+    // 2. Discovery documents name this issuer and its endpoints.
+    for doc in [
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let m: Value = w
+            .http
+            .get(w.broker.url(doc))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(m["issuer"], w.issuer());
+        assert_eq!(m["token_endpoint"], w.token_url());
+        assert_eq!(m["jwks_uri"], w.broker.url("/jwks"));
+        assert_eq!(m["grant_types_supported"][0], TE);
+    }
+
+    // 3. The JWKS and the SPIFFE bundle publish the same signing keys.
+    let jwks: Value = w
+        .http
+        .get(w.broker.url("/jwks"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let bundle = SpiffeBundle::parse(
+        &w.http
+            .get(w.broker.url("/bundle"))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        bundle.jwt_authorities().len()
+    );
+    assert!(bundle.sequence().unwrap() >= 1);
+
+    // 4. A workload exchanges its JWT-SVID (newline and all, as read from a file).
+    let svid = format!(
+        "{}\n",
+        w.svid(
+            "/ns/payments/sa/api",
+            serde_json::json!({"jti": "svid-jti-1"})
+        )
+    );
+    let resp = w.exchange(&svid, JWT_TYPE, PAYMENTS, Some("payments.read"));
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["issued_token_type"], AT_TYPE);
+    assert_eq!(body["scope"], "payments.read");
+    assert_eq!(body["expires_in"], 600);
+    let token = body["access_token"].as_str().unwrap();
+
+    // 5. The token verifies with a key from the published JWKS.
+    let jws = UnverifiedJws::parse(token, 16 * 1024).unwrap();
+    let kid = jws.header_str("kid").unwrap().to_owned();
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap();
+    let claims = jws
+        .verify(&trust_bundles::Jwk::from_json(key).unwrap())
+        .unwrap();
+    assert_eq!(claims["aud"], PAYMENTS);
+    assert_eq!(
+        claims["sub"],
+        "spiffe://cluster-a.example/ns/payments/sa/api"
+    );
+
+    // 6. Exactly one audit line for it, carrying the jtis but no token.
+    let audit = w.broker.audit_lines();
+    let allow: Vec<&Value> = audit.iter().filter(|a| a["decision"] == "allow").collect();
+    assert_eq!(allow.len(), 1);
+    assert_eq!(allow[0]["jti_in"], "svid-jti-1");
+    assert_eq!(allow[0]["jti_out"], claims["jti"]);
+    assert_eq!(allow[0]["boundary"], "cluster-a-to-payments");
+    assert!(allow[0]["latency_us"].is_u64());
+    assert!(!w.broker.log().contains(token));
+    assert!(!w.broker.log().contains(svid.trim()));
+
+    // 7. Readiness holds; SIGTERM drains and exits 0.
+    assert_eq!(
+        w.http.get(w.broker.url("/readyz")).send().unwrap().status(),
+        200
+    );
+    let status = w.broker.terminate();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn keys_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "issuer = \"http://127.0.0.1:{PORT}\"\nlisten = \"127.0.0.1:{PORT}\"\n[state]\npath = \"state\"\n";
+    let port = trustbroker_tests::broker::free_port();
+    let http = reqwest::blocking::Client::new();
+    let b = trustbroker_tests::broker::Broker::start(dir.path(), cfg, port);
+    let first: Value = http.get(b.url("/jwks")).send().unwrap().json().unwrap();
+    assert!(b.terminate().success());
+    let b = trustbroker_tests::broker::Broker::start(dir.path(), cfg, port);
+    let second: Value = http.get(b.url("/jwks")).send().unwrap().json().unwrap();
+    assert_eq!(first, second);
+}
