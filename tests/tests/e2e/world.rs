@@ -10,7 +10,10 @@ pub const LOCAL_TD: &str = "broker.test";
 pub const PAYMENTS: &str = "https://payments.example/api";
 pub const LEDGER: &str = "https://ledger.example";
 pub const GITHUB_ISS: &str = "https://token.actions.githubusercontent.com";
-pub const GCP_AUDIENCE: &str = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/trustbroker";
+/// What google-auth sends as `audience`. Deliberately not a `workloadIdentityPools` path:
+/// google-auth would then look up a regional access boundary at googleapis.com, and
+/// tests never send traffic off loopback.
+pub const GCP_AUDIENCE: &str = "//iam.example.test/projects/123/pools/trustbroker";
 pub const GCP_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
 pub const CONFIG: &str = r#"
@@ -62,7 +65,7 @@ single_use = true
 name = "gcp"
 from = "cluster-a.example"
 subjects = ["spiffe://cluster-a.example/ns/gcp/sa/*"]
-audiences = ["//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/trustbroker"]
+audiences = ["//iam.example.test/projects/123/pools/trustbroker"]
 scopes = ["https://www.googleapis.com/auth/cloud-platform"]
 attestation = "none"
 
