@@ -181,7 +181,10 @@ impl Exchanger {
         let nonce = Nonce::generate()
             .map_err(|_| ExchangeError::Signing(crate::keys::KeyError::Generate))?;
         let expires = now.checked_add(NONCE_TTL).unwrap_or(now);
-        self.stores.nonces.issue(nonce.as_str(), expires).await?;
+        self.stores
+            .nonces
+            .issue(nonce.as_str(), expires, now)
+            .await?;
         Ok(nonce)
     }
 

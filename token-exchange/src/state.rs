@@ -30,10 +30,12 @@ pub trait KeySource: Send + Sync {
 
 /// Broker nonces (SPEC §4, §6): issued here, consumed at most once, anywhere.
 pub trait NonceStore: Send + Sync {
+    /// Records a nonce issued at `now`, good until `expires_at`.
     fn issue<'a>(
         &'a self,
         nonce: &'a str,
         expires_at: UnixTime,
+        now: UnixTime,
     ) -> BoxFuture<'a, Result<(), StateError>>;
 
     /// Consumes `nonce`: `true` exactly once for an issued, unexpired nonce, `false` for
@@ -92,12 +94,22 @@ impl KeySource for StaticKeys {
 /// Expiring single-use entries in memory: the nonce and replay stores of one process.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    entries: Mutex<HashMap<String, UnixTime>>,
+    inner: Mutex<Entries>,
 }
 
-/// Entries are swept on write once the map holds this many, so memory is bounded by the
-/// rate of issue times the lifetime, not by uptime.
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<String, UnixTime>,
+    /// Sweep expired entries when the map reaches this size; doubling it after each sweep
+    /// keeps the cost amortised O(1) per write however many entries are live.
+    sweep_at: usize,
+}
+
+/// First sweep threshold.
 const SWEEP_AT: usize = 4096;
+/// Most live entries held: past it, writes fail closed (503) instead of growing memory
+/// without bound when someone requests nonces and never uses them.
+pub const MAX_MEMORY_ENTRIES: usize = 1_000_000;
 
 impl MemoryStore {
     pub fn new() -> Self {
@@ -105,23 +117,31 @@ impl MemoryStore {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UnixTime>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // A panic while holding the lock cannot leave the map half-updated (every update
         // is one insert or remove), so a poisoned lock is still consistent.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    fn sweep(map: &mut HashMap<String, UnixTime>, now: UnixTime) {
-        if map.len() >= SWEEP_AT {
-            map.retain(|_, exp| *exp > now);
+impl Entries {
+    /// Makes room for one more entry at `now`, or fails closed when full of live ones.
+    fn reserve(&mut self, now: UnixTime) -> Result<(), StateError> {
+        if self.map.len() >= self.sweep_at.max(SWEEP_AT) {
+            self.map.retain(|_, exp| *exp > now);
+            self.sweep_at = (self.map.len() * 2).max(SWEEP_AT);
         }
+        if self.map.len() >= MAX_MEMORY_ENTRIES {
+            return Err(StateError("in-memory store is full".into()));
+        }
+        Ok(())
     }
 }
 
@@ -130,11 +150,14 @@ impl NonceStore for MemoryStore {
         &'a self,
         nonce: &'a str,
         expires_at: UnixTime,
+        now: UnixTime,
     ) -> BoxFuture<'a, Result<(), StateError>> {
-        let mut map = self.lock();
-        map.insert(nonce.to_owned(), expires_at);
-        drop(map);
-        Box::pin(async { Ok(()) })
+        let mut e = self.lock();
+        let result = e.reserve(now).map(|()| {
+            e.map.insert(nonce.to_owned(), expires_at);
+        });
+        drop(e);
+        Box::pin(async move { result })
     }
 
     fn consume<'a>(
@@ -142,10 +165,9 @@ impl NonceStore for MemoryStore {
         nonce: &'a str,
         now: UnixTime,
     ) -> BoxFuture<'a, Result<bool, StateError>> {
-        let mut map = self.lock();
-        let fresh = map.remove(nonce).is_some_and(|exp| exp > now);
-        Self::sweep(&mut map, now);
-        drop(map);
+        let mut e = self.lock();
+        let fresh = e.map.remove(nonce).is_some_and(|exp| exp > now);
+        drop(e);
         Box::pin(async move { Ok(fresh) })
     }
 }
@@ -157,16 +179,74 @@ impl ReplayStore for MemoryStore {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> BoxFuture<'a, Result<bool, StateError>> {
-        let mut map = self.lock();
-        Self::sweep(&mut map, now);
-        let first = match map.get(key) {
-            Some(exp) if *exp > now => false,
-            _ => {
-                map.insert(key.to_owned(), expires_at);
+        let mut e = self.lock();
+        let result = match e.map.get(key) {
+            Some(exp) if *exp > now => Ok(false),
+            _ => e.reserve(now).map(|()| {
+                e.map.insert(key.to_owned(), expires_at);
                 true
-            }
+            }),
         };
-        drop(map);
-        Box::pin(async move { Ok(first) })
+        drop(e);
+        Box::pin(async move { result })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T>(f: BoxFuture<'_, T>) -> T {
+        let mut f = f;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("memory store futures are always ready"),
+        }
+    }
+
+    fn t(s: u64) -> UnixTime {
+        UnixTime::from_secs(s)
+    }
+
+    #[test]
+    fn nonces_are_consumed_once_and_expire() {
+        let s = MemoryStore::new();
+        run(s.issue("n1", t(160), t(100))).unwrap();
+        assert!(run(s.consume("n1", t(150))).unwrap());
+        assert!(!run(s.consume("n1", t(150))).unwrap());
+        run(s.issue("n2", t(160), t(100))).unwrap();
+        assert!(!run(s.consume("n2", t(160))).unwrap(), "expired at 160");
+        assert!(!run(s.consume("never", t(100))).unwrap());
+    }
+
+    #[test]
+    fn replay_marks_hold_until_expiry() {
+        let s = MemoryStore::new();
+        assert!(run(s.check_and_mark("k", t(200), t(100))).unwrap());
+        assert!(!run(s.check_and_mark("k", t(300), t(199))).unwrap());
+        assert!(run(s.check_and_mark("k", t(300), t(200))).unwrap());
+    }
+
+    #[test]
+    fn expired_entries_are_swept_and_memory_is_bounded() {
+        let s = MemoryStore::new();
+        for i in 0..(SWEEP_AT * 3) {
+            run(s.issue(&format!("n{i}"), t(10), t(0))).unwrap();
+        }
+        let peak = s.len();
+        assert_eq!(peak, SWEEP_AT * 3);
+        // All of them expired at 10. Writes at 50 sweep them once the threshold (twice the
+        // live count after the last sweep) is reached, never later.
+        let mut swept_after = None;
+        for i in 0..(SWEEP_AT * 2) {
+            run(s.issue(&format!("late{i}"), t(100), t(50))).unwrap();
+            if s.len() < peak {
+                swept_after = Some(i);
+                break;
+            }
+        }
+        assert!(swept_after.is_some(), "never swept");
+        assert!(s.len() <= SWEEP_AT * 2, "{} entries left", s.len());
     }
 }
