@@ -30,7 +30,10 @@ fn main() -> Result<(), Box<dyn Error>> {
                   "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)}],
         "spiffe_sequence": 1,
     });
-    std::fs::write(dir.join("example.bundle.json"), serde_json::to_vec_pretty(&bundle)?)?;
+    std::fs::write(
+        dir.join("example.bundle.json"),
+        serde_json::to_vec_pretty(&bundle)?,
+    )?;
 
     let config = format!(
         r#"# A broker that trusts the quickstart domain `{DOMAIN}` and lets its payments
@@ -65,10 +68,19 @@ attestation = "none"
         "iat": now,
         "exp": now + 3600,
     });
-    let input = jws::signing_input(&json!({"alg": "ES256", "kid": "quickstart", "typ": "JWT"}), &claims);
+    let input = jws::signing_input(
+        &json!({"alg": "ES256", "kid": "quickstart", "typ": "JWT"}),
+        &claims,
+    );
     let sig = key.sign(&SystemRandom::new(), input.as_bytes())?;
-    std::fs::write(dir.join("svid.jwt"), format!("{}\n", jws::compact(&input, sig.as_ref())))?;
+    std::fs::write(
+        dir.join("svid.jwt"),
+        format!("{}\n", jws::compact(&input, sig.as_ref())),
+    )?;
 
-    println!("wrote {0}/broker.toml, {0}/example.bundle.json and {0}/svid.jwt (valid 1h)", dir.display());
+    println!(
+        "wrote {0}/broker.toml, {0}/example.bundle.json and {0}/svid.jwt (valid 1h)",
+        dir.display()
+    );
     Ok(())
 }

@@ -59,6 +59,18 @@ impl Broker {
     /// Writes `config` (with `{PORT}` replaced) to `dir/broker.toml` and starts
     /// `trustbroker serve` on it, waiting until `/readyz` answers.
     pub fn start(dir: &Path, config: &str, port: u16) -> Self {
+        Self::start_with(dir, config, port, "http", reqwest::blocking::Client::new())
+    }
+
+    /// As [`Broker::start`], for a broker serving `scheme` that `client` can reach (a
+    /// TLS listener needs a client trusting its CA).
+    pub fn start_with(
+        dir: &Path,
+        config: &str,
+        port: u16,
+        scheme: &str,
+        client: reqwest::blocking::Client,
+    ) -> Self {
         let cfg_path = dir.join("broker.toml");
         std::fs::write(&cfg_path, config.replace("{PORT}", &port.to_string())).unwrap();
         let log = dir.join("broker.log");
@@ -76,16 +88,15 @@ impl Broker {
         let mut b = Self {
             child,
             port,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
             dir: dir.to_path_buf(),
             log,
         };
-        b.wait_ready();
+        b.wait_ready(&client);
         b
     }
 
-    fn wait_ready(&mut self) {
-        let client = reqwest::blocking::Client::new();
+    fn wait_ready(&mut self, client: &reqwest::blocking::Client) {
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("trustbroker exited with {status}:\n{}", self.log());

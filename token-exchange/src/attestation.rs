@@ -52,3 +52,281 @@ impl EvidenceVerifier for RefuseAllEvidence {
         Box::pin(async { Err(EvidenceError::Unsupported) })
     }
 }
+
+// ---- evidence format (SPEC §6) and its verification ------------------------------
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use trust_bundles::jws::UnverifiedJws;
+use trust_bundles::x509::{SvidUsage, leaf_public_key, verify_x509_svid};
+use trust_bundles::{JwsAlgorithm, SpiffeBundle, SpiffeId, TrustDomain};
+
+use crate::policy::RequiredFacts;
+use crate::state::StateError;
+use crate::subject::DomainKind;
+
+/// `typ` of evidence (SPEC §6).
+pub const EVIDENCE_TYP: &str = "runtime-attestation+jwt";
+/// Longest evidence lifetime (`exp - iat`) accepted, and how old `iat` may be.
+pub const MAX_EVIDENCE_AGE: Duration = Duration::from_secs(60);
+/// Largest evidence accepted, in bytes (the node chain rides along in `x5c`).
+pub const MAX_EVIDENCE_BYTES: usize = 24 * 1024;
+/// Most certificates in `x5c`.
+pub const MAX_EVIDENCE_CHAIN: usize = 5;
+/// Path prefix of node SPIFFE IDs issued by this broker's node CA.
+pub const NODE_PATH_PREFIX: &str = "/enforcer/";
+
+/// What the enforcer learned about the calling process from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcFacts {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub exe: String,
+    pub exe_sha256: String,
+    pub cgroup: String,
+    pub container_id: Option<String>,
+}
+
+/// `cnf` of evidence: the DPoP key it binds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceCnf {
+    pub jkt: String,
+}
+
+/// The claims of evidence (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceClaims {
+    pub iss: String,
+    pub sub: String,
+    pub nonce: String,
+    pub cnf: EvidenceCnf,
+    pub iat: u64,
+    pub exp: u64,
+    pub proc: ProcFacts,
+}
+
+/// Builds compact evidence: header with `x5c` = `chain`, signed by `sign` (ES256, the
+/// node key). Used by the enforcer; here so both sides share one format.
+pub fn encode_evidence(
+    claims: &EvidenceClaims,
+    chain: &[CertificateDer<'_>],
+    sign: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<String, serde_json::Error> {
+    let x5c: Vec<String> = chain.iter().map(|c| STANDARD.encode(c.as_ref())).collect();
+    let header = serde_json::json!({"alg": "ES256", "typ": EVIDENCE_TYP, "x5c": x5c});
+    let input = trust_bundles::jws::signing_input(&header, &serde_json::to_value(claims)?);
+    let sig = sign(input.as_bytes());
+    Ok(trust_bundles::jws::compact(&input, &sig))
+}
+
+/// SPEC §11 `att.evd`: SHA-256 of the compact serialization, base64url.
+pub fn evidence_digest(compact: &str) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, compact.as_bytes()))
+}
+
+/// Which node CAs may vouch for whom.
+#[derive(Debug, Clone)]
+pub struct NodeAuthorities {
+    /// This broker's trust domain and node CA: nodes enrolled here.
+    pub local_domain: TrustDomain,
+    pub local: SpiffeBundle,
+    /// Per configured trust domain name: its own trust domain and `enforcer_ca`.
+    pub foreign: HashMap<String, (TrustDomain, SpiffeBundle)>,
+}
+
+/// Whether a node has been revoked (SPEC §6: refused "from that moment on every replica").
+pub trait NodeStatus: Send + Sync {
+    fn is_revoked<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, StateError>>;
+}
+
+/// Verifies evidence as SPEC §6 lists; the exchange then checks nonce, `cnf.jkt` and
+/// `sub` against the request.
+pub struct X509EvidenceVerifier {
+    authorities: Arc<RwLock<NodeAuthorities>>,
+    nodes: Arc<dyn NodeStatus>,
+    skew: Duration,
+}
+
+impl std::fmt::Debug for X509EvidenceVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509EvidenceVerifier")
+            .field("skew", &self.skew)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> EvidenceError {
+    EvidenceError::Invalid(msg.into())
+}
+
+impl X509EvidenceVerifier {
+    pub fn new(
+        authorities: Arc<RwLock<NodeAuthorities>>,
+        nodes: Arc<dyn NodeStatus>,
+        skew: Duration,
+    ) -> Self {
+        Self {
+            authorities,
+            nodes,
+            skew,
+        }
+    }
+
+    /// 1. shape, 2. chain to a node CA, 4. signature, 5. `iss` = SAN, 6. freshness,
+    /// 7. `require` facts. (3. revocation is asynchronous and done by the caller.)
+    fn check(
+        &self,
+        ctx: &EvidenceContext<'_>,
+    ) -> Result<(SpiffeId, EvidenceClaims), EvidenceError> {
+        // 1.
+        let jws = UnverifiedJws::parse(ctx.evidence, MAX_EVIDENCE_BYTES)
+            .map_err(|e| invalid(format!("not a compact JWS: {e}")))?;
+        if jws.alg() != JwsAlgorithm::ES256 {
+            return Err(invalid("alg is not ES256"));
+        }
+        if jws.header_str("typ") != Some(EVIDENCE_TYP) {
+            return Err(invalid("typ is not runtime-attestation+jwt"));
+        }
+        for h in ["jku", "x5u", "jwk"] {
+            if jws.header().contains_key(h) {
+                return Err(invalid(format!("header {h} is not allowed")));
+            }
+        }
+        let chain = match jws.header().get("x5c") {
+            Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_EVIDENCE_CHAIN => {
+                items
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .and_then(|s| STANDARD.decode(s).ok())
+                            .map(CertificateDer::from)
+                            .ok_or_else(|| invalid("x5c entry is not base64 DER"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            _ => return Err(invalid("x5c is missing or not 1-5 certificates")),
+        };
+
+        // 2. The node chains to this broker's node CA, or to the subject's domain's
+        // `enforcer_ca`.
+        let node = {
+            let auth = self
+                .authorities
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            match verify_x509_svid(
+                &chain,
+                &auth.local,
+                &auth.local_domain,
+                ctx.now,
+                SvidUsage::Client,
+            ) {
+                Ok(id) if id.path().starts_with(NODE_PATH_PREFIX) => id,
+                Ok(_) => return Err(invalid("node certificate is not an enforcer identity")),
+                Err(local_err) => {
+                    let foreign = (ctx.subject.kind != DomainKind::Local)
+                        .then(|| auth.foreign.get(&ctx.subject.domain))
+                        .flatten();
+                    match foreign {
+                        Some((td, bundle)) => {
+                            verify_x509_svid(&chain, bundle, td, ctx.now, SvidUsage::Client)
+                                .map_err(|e| invalid(format!("node chain: {e}")))?
+                        }
+                        None => return Err(invalid(format!("node chain: {local_err}"))),
+                    }
+                }
+            }
+        };
+
+        // 4.
+        let leaf = chain.first().ok_or_else(|| invalid("empty chain"))?;
+        let key = leaf_public_key(leaf).map_err(|e| invalid(format!("node key: {e}")))?;
+        let payload = jws
+            .verify(&key)
+            .map_err(|e| invalid(format!("signature: {e}")))?;
+        let claims: EvidenceClaims = serde_json::from_value(Value::Object(payload))
+            .map_err(|e| invalid(format!("claims: {e}")))?;
+
+        // 5.
+        if claims.iss != node.as_str() {
+            return Err(invalid("iss is not the node certificate's SPIFFE ID"));
+        }
+
+        // 6. SPEC §6: exp - iat ≤ 60 s, and fresh now.
+        let now = ctx.now.as_secs();
+        if claims.exp <= claims.iat || claims.exp - claims.iat > MAX_EVIDENCE_AGE.as_secs() {
+            return Err(invalid("lifetime is not within 60 s"));
+        }
+        if claims.iat > now.saturating_add(self.skew.as_secs()) {
+            return Err(invalid("issued in the future"));
+        }
+        if now >= claims.exp || now.saturating_sub(claims.iat) > MAX_EVIDENCE_AGE.as_secs() {
+            return Err(EvidenceError::Stale);
+        }
+
+        // 7.
+        check_required(&ctx.boundary.require, &claims.proc)?;
+        Ok((node, claims))
+    }
+}
+
+/// SPEC §3 `require`: every listed fact must hold; each list means "one of".
+fn check_required(req: &RequiredFacts, p: &ProcFacts) -> Result<(), EvidenceError> {
+    fn one_of<T: PartialEq>(list: &[T], v: &T, what: &str) -> Result<(), EvidenceError> {
+        if list.is_empty() || list.contains(v) {
+            Ok(())
+        } else {
+            Err(invalid(format!("required {what} does not match")))
+        }
+    }
+    one_of(&req.exe_sha256, &p.exe_sha256, "exe_sha256")?;
+    one_of(&req.uid, &p.uid, "uid")?;
+    one_of(&req.gid, &p.gid, "gid")?;
+    one_of(&req.exe, &p.exe, "exe")?;
+    match &p.container_id {
+        Some(id) => one_of(&req.container_id, id, "container_id"),
+        None if req.container_id.is_empty() => Ok(()),
+        None => Err(invalid("required container_id does not match")),
+    }
+}
+
+impl EvidenceVerifier for X509EvidenceVerifier {
+    fn verify<'a>(
+        &'a self,
+        ctx: EvidenceContext<'a>,
+    ) -> BoxFuture<'a, Result<VerifiedEvidence, EvidenceError>> {
+        Box::pin(async move {
+            let (node, claims) = self.check(&ctx)?;
+            // 3. Revocation, after the chain proves which node this is.
+            if self
+                .nodes
+                .is_revoked(node.as_str())
+                .await
+                .map_err(EvidenceError::Unavailable)?
+            {
+                return Err(invalid("node is revoked"));
+            }
+            Ok(VerifiedEvidence {
+                node: node.to_string(),
+                workload: claims.sub,
+                nonce: claims.nonce,
+                jkt: claims.cnf.jkt,
+                digest: evidence_digest(ctx.evidence),
+            })
+        })
+    }
+}

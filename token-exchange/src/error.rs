@@ -99,6 +99,8 @@ pub enum EvidenceError {
     KeyMismatch,
     #[error("evidence is stale")]
     Stale,
+    #[error("node status unavailable: {0}")]
+    Unavailable(StateError),
 }
 
 /// Every reason an exchange can end without a token.
@@ -197,6 +199,8 @@ impl ExchangeError {
             Self::Evidence(e) => match e {
                 // Same draft: stale evidence.
                 EvidenceError::Stale => C::UseFreshAttestation,
+                // SPEC §4: fail closed when state is unreachable.
+                EvidenceError::Unavailable(_) => C::TemporarilyUnavailable,
                 // SPEC §11: evidence that fails §6 is invalid_request.
                 EvidenceError::Unsupported
                 | EvidenceError::Invalid(_)

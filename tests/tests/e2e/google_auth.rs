@@ -41,7 +41,12 @@ fn python() -> Option<PathBuf> {
     if ok(&py) {
         return Some(py);
     }
-    let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().ok()?;
+    let made = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .ok()?;
     assert!(made.success(), "python3 -m venv failed");
     let pip = Command::new(venv.join("bin/pip"))
         .args(["install", "-q", "google-auth>=2.16.1", "requests"])
@@ -61,7 +66,11 @@ fn google_auth_identity_pool_credentials_exchange_at_the_broker() {
     let w = World::start();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token.jwt");
-    std::fs::write(&token_file, format!("{}\n", w.svid("/ns/gcp/sa/exporter", json!({})))).unwrap();
+    std::fs::write(
+        &token_file,
+        format!("{}\n", w.svid("/ns/gcp/sa/exporter", json!({}))),
+    )
+    .unwrap();
 
     // 2. The external-account credential configuration a platform team hands out.
     let config = json!({
@@ -91,24 +100,57 @@ fn google_auth_identity_pool_credentials_exchange_at_the_broker() {
         w.broker.log()
     );
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let version: Vec<u32> = result["version"].as_str().unwrap().split('.').map(|p| p.parse().unwrap_or(0)).collect();
-    assert!(version >= vec![2, 16, 1], "google-auth {version:?} is older than 2.16.1");
+    let version: Vec<u32> = result["version"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0))
+        .collect();
+    assert!(
+        version >= vec![2, 16, 1],
+        "google-auth {version:?} is older than 2.16.1"
+    );
     assert!(result["expiry"].is_string());
 
     // 4. The token it got is ours: right subject, audience, scope, and signature.
     let token = result["token"].as_str().unwrap();
     let jws = UnverifiedJws::parse(token, 16 * 1024).unwrap();
     assert_eq!(jws.header_str("typ"), Some("at+jwt"));
-    let jwks: Value = w.http.get(w.broker.url("/jwks")).send().unwrap().json().unwrap();
+    let jwks: Value = w
+        .http
+        .get(w.broker.url("/jwks"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let kid = jws.header_str("kid").unwrap().to_owned();
-    let key = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid.as_str()).unwrap();
-    let claims = jws.verify(&trust_bundles::Jwk::from_json(key).unwrap()).unwrap();
-    assert_eq!(claims["sub"], "spiffe://cluster-a.example/ns/gcp/sa/exporter");
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap();
+    let claims = jws
+        .verify(&trust_bundles::Jwk::from_json(key).unwrap())
+        .unwrap();
+    assert_eq!(
+        claims["sub"],
+        "spiffe://cluster-a.example/ns/gcp/sa/exporter"
+    );
     assert_eq!(claims["aud"], GCP_AUDIENCE);
     assert_eq!(claims["scope"], GCP_SCOPE);
-    assert!(claims.get("cnf").is_none(), "a plain RFC 8693 client gets a Bearer token");
+    assert!(
+        claims.get("cnf").is_none(),
+        "a plain RFC 8693 client gets a Bearer token"
+    );
 
     // 5. The broker logged one allow decision for it.
     let audit = w.broker.audit_lines();
-    assert_eq!(audit.iter().filter(|a| a["decision"] == "allow" && a["boundary"] == "gcp").count(), 1);
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a["decision"] == "allow" && a["boundary"] == "gcp")
+            .count(),
+        1
+    );
 }

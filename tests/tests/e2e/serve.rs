@@ -123,3 +123,54 @@ fn keys_survive_a_restart() {
     let second: Value = http.get(b.url("/jwks")).send().unwrap().json().unwrap();
     assert_eq!(first, second);
 }
+
+#[test]
+fn tls_listener_with_an_rcgen_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+
+    // 1. A private CA and a server certificate for 127.0.0.1, made here.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+
+    // 2. The broker serves https with it.
+    let cfg = "issuer = \"https://127.0.0.1:{PORT}\"\nlisten = \"127.0.0.1:{PORT}\"\n[tls]\ncert = \"tls.crt\"\nkey = \"tls.key\"\n[state]\npath = \"state\"\n";
+    let client = reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_der(ca.der()).unwrap()])
+        .build()
+        .unwrap();
+    let port = trustbroker_tests::broker::free_port();
+    let b = trustbroker_tests::broker::Broker::start_with(
+        dir.path(),
+        cfg,
+        port,
+        "https",
+        client.clone(),
+    );
+    let m: Value = client
+        .get(b.url("/.well-known/openid-configuration"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(m["issuer"], format!("https://127.0.0.1:{port}"));
+
+    // 3. A client that does not trust the CA is refused by the handshake.
+    let stranger = reqwest::blocking::Client::builder()
+        .tls_certs_only([])
+        .build()
+        .unwrap();
+    assert!(stranger.get(b.url("/healthz")).send().is_err());
+    // And plain http on the TLS port gets no successful answer.
+    let plain = reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz"));
+    assert!(!matches!(plain, Ok(r) if r.status().is_success()));
+}

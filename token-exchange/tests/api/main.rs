@@ -8,6 +8,7 @@
     reason = "tests fail loudly by design"
 )]
 
+mod attestation;
 mod dpop;
 mod exchange;
 mod keys;

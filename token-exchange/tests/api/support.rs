@@ -270,6 +270,16 @@ impl World {
     }
 
     pub fn with_boundaries(boundaries: Vec<Boundary>) -> Self {
+        Self::build(boundaries, |_| Arc::new(RefuseAllEvidence))
+    }
+
+    /// A world whose evidence verifier is made by `verifier` (given the world's clock).
+    pub fn build(
+        boundaries: Vec<Boundary>,
+        verifier: impl FnOnce(
+            Arc<ManualClock>,
+        ) -> Arc<dyn token_exchange::attestation::EvidenceVerifier>,
+    ) -> Self {
         let clock = Arc::new(ManualClock::new(UnixTime::from_secs(T0)));
         let cluster = Signer::es256();
         let github = Signer::rs256();
@@ -336,7 +346,7 @@ impl World {
                 nonces: store.clone(),
                 replay: store.clone(),
             },
-            Arc::new(RefuseAllEvidence),
+            verifier(clock.clone()),
             clock.clone(),
         );
         Self {

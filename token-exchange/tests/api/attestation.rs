@@ -1,0 +1,399 @@
+//! Runtime attestation evidence (SPEC §6) verified inside whole exchanges: node chains made
+//! with rcgen, evidence signed with the node key, and every refusal of the list.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+    KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::CertificateDer;
+use serde_json::json;
+use token_exchange::attestation::{
+    EvidenceClaims, EvidenceCnf, NodeAuthorities, NodeStatus, ProcFacts, X509EvidenceVerifier,
+    encode_evidence, evidence_digest,
+};
+use token_exchange::error::EvidenceError;
+use token_exchange::policy::AttestationMode;
+use token_exchange::state::{BoxFuture, StateError};
+use token_exchange::{ExchangeError, Outcome};
+use trust_bundles::bundle::X509Authority;
+use trust_bundles::x509::leaf_public_key;
+use trust_bundles::{SpiffeBundle, TrustDomain};
+
+use crate::support::*;
+
+const SECURE: &str = "/ns/secure/sa/api";
+const EXE_HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// A node CA and one enrolled node with its key.
+struct Node {
+    id: String,
+    key: EcdsaKeyPair,
+    chain: Vec<CertificateDer<'static>>,
+}
+
+type Ca = CertifiedIssuer<'static, rcgen::KeyPair>;
+
+fn node_ca() -> Ca {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+fn enroll(ca: &Ca, id: &str) -> Node {
+    let key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let pkcs8 = key.to_pkcs8v1().unwrap();
+    let rc_key = rcgen::KeyPair::try_from(pkcs8.as_ref()).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = rcgen::date_time_ymd(2026, 6, 1);
+    p.not_after = rcgen::date_time_ymd(2026, 8, 1);
+    let cert = p.signed_by(&rc_key, ca).unwrap();
+    Node {
+        id: id.into(),
+        key,
+        chain: vec![cert.der().clone()],
+    }
+}
+
+fn bundle_for(ca: &Ca) -> SpiffeBundle {
+    let jwk = leaf_public_key(ca.der()).unwrap();
+    SpiffeBundle::new(
+        None,
+        Duration::from_secs(300),
+        vec![X509Authority {
+            certificate: ca.der().clone(),
+            jwk,
+        }],
+        vec![],
+    )
+    .unwrap()
+}
+
+#[derive(Default)]
+struct Revoked(Mutex<HashSet<String>>);
+
+impl NodeStatus for Revoked {
+    fn is_revoked<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, StateError>> {
+        let r = self.0.lock().unwrap().contains(node);
+        Box::pin(async move { Ok(r) })
+    }
+}
+
+struct Fixture {
+    w: World,
+    node: Node,
+    revoked: Arc<Revoked>,
+    ca: Ca,
+}
+
+fn fixture(require_hash: bool) -> Fixture {
+    let ca = node_ca();
+    let node = enroll(&ca, "spiffe://trustbroker.local/enforcer/n1");
+    let revoked = Arc::new(Revoked::default());
+    let auth = NodeAuthorities {
+        local_domain: "trustbroker.local".parse::<TrustDomain>().unwrap(),
+        local: bundle_for(&ca),
+        foreign: HashMap::new(),
+    };
+    let r = revoked.clone();
+    let mut boundaries = default_boundaries();
+    if require_hash {
+        boundaries[0].require.exe_sha256 = vec![EXE_HASH.into()];
+        boundaries[0].require.uid = vec![1000];
+    }
+    assert_eq!(boundaries[0].attestation, AttestationMode::Required);
+    let w = World::build(boundaries, move |_clock| {
+        Arc::new(X509EvidenceVerifier::new(
+            Arc::new(RwLock::new(auth)),
+            r,
+            Duration::from_secs(30),
+        ))
+    });
+    Fixture {
+        w,
+        node,
+        revoked,
+        ca,
+    }
+}
+
+fn facts() -> ProcFacts {
+    ProcFacts {
+        pid: 4242,
+        start_time: 123_456,
+        uid: 1000,
+        gid: 1000,
+        exe: "/usr/bin/api".into(),
+        exe_sha256: EXE_HASH.into(),
+        cgroup: "0::/system.slice/api.service".into(),
+        container_id: None,
+    }
+}
+
+fn evidence(node: &Node, sub: &str, nonce: &str, jkt: &str, iat: u64, proc: ProcFacts) -> String {
+    let claims = EvidenceClaims {
+        iss: node.id.clone(),
+        sub: sub.into(),
+        nonce: nonce.into(),
+        cnf: EvidenceCnf { jkt: jkt.into() },
+        iat,
+        exp: iat + 60,
+        proc,
+    };
+    encode_evidence(&claims, &node.chain, |m| {
+        node.key
+            .sign(&SystemRandom::new(), m)
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    })
+    .unwrap()
+}
+
+fn attested(f: &Fixture, d: &Dpop, nonce: &str, ev: &str) -> Outcome {
+    let svid = f.w.svid(SECURE, 600);
+    let proof = d.proof(f.w.now(), Some(nonce));
+    f.w.exchange(
+        &[
+            ("grant_type", TE),
+            ("subject_token", &svid),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", PAYMENTS),
+        ],
+        &[&proof],
+        &[ev],
+    )
+}
+
+const WORKLOAD: &str = "spiffe://cluster-a.example/ns/secure/sa/api";
+
+#[test]
+fn an_attested_exchange_carries_att_and_cnf() {
+    let f = fixture(true);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    let out = attested(&f, &d, &n, &ev);
+    assert_eq!(
+        out.audit.node.as_deref(),
+        Some("spiffe://trustbroker.local/enforcer/n1")
+    );
+    let resp = out.result.unwrap();
+    assert_eq!(resp.token_type, "DPoP");
+    let c = claims_of(resp.access_token());
+    assert_eq!(
+        c["att"],
+        json!({"node": "spiffe://trustbroker.local/enforcer/n1", "evd": evidence_digest(&ev)})
+    );
+    assert_eq!(c["cnf"]["jkt"], d.jkt.as_str());
+}
+
+fn refusal(out: Outcome) -> ExchangeError {
+    out.result.unwrap_err().error
+}
+
+#[test]
+fn a_consumed_nonce_is_use_fresh_attestation() {
+    let f = fixture(false);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+    let again = attested(&f, &d, &n, &ev);
+    assert_eq!(World::code(&again), "use_fresh_attestation");
+    assert!(again.result.unwrap_err().fresh_nonce.is_some());
+}
+
+#[test]
+fn stale_evidence_is_use_fresh_attestation() {
+    let f = fixture(false);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now() - 61, facts());
+    let out = attested(&f, &d, &n, &ev);
+    assert_eq!(World::code(&out), "use_fresh_attestation");
+    assert_eq!(refusal(out), ExchangeError::Evidence(EvidenceError::Stale));
+    // Evidence exactly at its limit is still fresh... until the clock moves past exp.
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now() - 59, facts());
+    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+}
+
+#[test]
+fn evidence_bound_to_another_key_is_refused() {
+    let f = fixture(false);
+    let d = Dpop::new();
+    let other = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &other.jkt, f.w.now(), facts());
+    let out = attested(&f, &d, &n, &ev);
+    assert_eq!(World::code(&out), "invalid_request");
+    assert_eq!(
+        refusal(out),
+        ExchangeError::Evidence(EvidenceError::KeyMismatch)
+    );
+}
+
+#[test]
+fn evidence_for_another_nonce_or_workload_is_refused() {
+    let f = fixture(false);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let other_nonce = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &other_nonce, &d.jkt, f.w.now(), facts());
+    assert_eq!(
+        refusal(attested(&f, &d, &n, &ev)),
+        ExchangeError::Evidence(EvidenceError::NonceMismatch)
+    );
+    let ev = evidence(
+        &f.node,
+        "spiffe://cluster-a.example/ns/secure/sa/other",
+        &n,
+        &d.jkt,
+        f.w.now(),
+        facts(),
+    );
+    assert!(matches!(
+        refusal(attested(&f, &d, &n, &ev)),
+        ExchangeError::Evidence(EvidenceError::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_revoked_node_is_refused_at_once() {
+    let f = fixture(false);
+    let d = Dpop::new();
+    f.revoked.0.lock().unwrap().insert(f.node.id.clone());
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    let out = attested(&f, &d, &n, &ev);
+    assert_eq!(World::code(&out), "invalid_request");
+    assert!(
+        matches!(refusal(out), ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("revoked"))
+    );
+}
+
+#[test]
+fn a_node_of_an_untrusted_ca_is_refused() {
+    let f = fixture(false);
+    let d = Dpop::new();
+    let rogue = enroll(&node_ca(), "spiffe://trustbroker.local/enforcer/n1");
+    let n = f.w.nonce();
+    let ev = evidence(&rogue, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(
+        matches!(refusal(attested(&f, &d, &n, &ev)), ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("chain"))
+    );
+    // A trusted chain whose leaf is not an enforcer identity.
+    let impostor = enroll(&f.ca, "spiffe://trustbroker.local/workload/x");
+    let n = f.w.nonce();
+    let ev = evidence(&impostor, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(matches!(
+        refusal(attested(&f, &d, &n, &ev)),
+        ExchangeError::Evidence(EvidenceError::Invalid(_))
+    ));
+}
+
+#[test]
+fn iss_must_be_the_node_and_the_signature_its_key() {
+    let f = fixture(false);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let liar = Node {
+        id: "spiffe://trustbroker.local/enforcer/n2".into(),
+        key: f.node.key_clone(),
+        chain: f.node.chain.clone(),
+    };
+    let ev = evidence(&liar, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(
+        matches!(refusal(attested(&f, &d, &n, &ev)), ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("iss"))
+    );
+    // Signed by another key than the certificate's.
+    let other = enroll(&f.ca, "spiffe://trustbroker.local/enforcer/n1");
+    let forged = Node {
+        id: f.node.id.clone(),
+        key: other.key,
+        chain: f.node.chain.clone(),
+    };
+    let ev = evidence(&forged, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(
+        matches!(refusal(attested(&f, &d, &n, &ev)), ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("signature"))
+    );
+}
+
+#[test]
+fn required_facts_must_hold() {
+    let f = fixture(true);
+    let d = Dpop::new();
+    for changed in [
+        ProcFacts {
+            exe_sha256: "0".repeat(64),
+            ..facts()
+        },
+        ProcFacts { uid: 0, ..facts() },
+    ] {
+        let n = f.w.nonce();
+        let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), changed);
+        let out = attested(&f, &d, &n, &ev);
+        assert_eq!(World::code(&out), "invalid_request");
+        assert!(
+            matches!(refusal(out), ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("required"))
+        );
+    }
+}
+
+#[test]
+fn fifty_concurrent_uses_of_one_nonce_succeed_exactly_once() {
+    let f = fixture(false);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    let svid = f.w.svid(SECURE, 600);
+    let proofs: Vec<String> = (0..50).map(|_| d.proof(f.w.now(), Some(&n))).collect();
+    let results: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = proofs
+            .iter()
+            .map(|p| {
+                let (w, svid, ev) = (&f.w, &svid, &ev);
+                s.spawn(move || {
+                    w.exchange(
+                        &[
+                            ("grant_type", TE),
+                            ("subject_token", svid),
+                            ("subject_token_type", JWT_TYPE),
+                            ("audience", PAYMENTS),
+                        ],
+                        &[p],
+                        &[ev],
+                    )
+                    .result
+                    .is_ok()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|ok| **ok).count(), 1);
+}
+
+trait KeyClone {
+    fn key_clone(&self) -> EcdsaKeyPair;
+}
+
+impl KeyClone for Node {
+    fn key_clone(&self) -> EcdsaKeyPair {
+        EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            self.key.to_pkcs8v1().unwrap().as_ref(),
+        )
+        .unwrap()
+    }
+}
