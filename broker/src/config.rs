@@ -214,6 +214,8 @@ pub struct Config {
     pub static_keys: StaticKeys,
     pub boundaries: Vec<Boundary>,
     pub clients: Vec<ClientConfig>,
+    /// `enforcer_ca` files of SPIFFE domains, by domain name.
+    pub enforcer_cas: Vec<(String, PathBuf)>,
 }
 
 /// One problem, located.
@@ -630,6 +632,7 @@ fn validate(
     let mut static_keys = StaticKeys::new();
     let mut names = HashSet::new();
     let mut kinds = BTreeMap::new();
+    let mut enforcer_cas = Vec::new();
     for (i, td) in raw.trust_domain.iter().enumerate() {
         let at = |k: &'static str| [K("trust_domain"), I(i), K(k)];
         if !names.insert(td.name.clone()) || td.name == td_raw {
@@ -708,6 +711,16 @@ fn validate(
             c.push(&at("name"), "needs keys: bundle_file or jwks_file (discovery is not available in this build yet)");
         }
         static_keys.insert_domain(&td.name, keys);
+        if let Some(ca) = &td.enforcer_ca {
+            if kind == DomainKind::Spiffe {
+                enforcer_cas.push((td.name.clone(), resolve(ca)));
+            } else {
+                c.push(
+                    &at("enforcer_ca"),
+                    "applies to spiffe domains only (their nodes are named in the domain)",
+                );
+            }
+        }
         for (k, v) in [("enforcer_ca", &td.enforcer_ca), ("tls_ca", &td.tls_ca)] {
             if let Some(p) = v
                 && !resolve(p).is_file()
@@ -972,6 +985,7 @@ fn validate(
         static_keys,
         boundaries,
         clients,
+        enforcer_cas,
     })
 }
 

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod nodes;
 pub mod serve;
 pub mod server;
 pub mod store;

@@ -6,17 +6,23 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
+use std::collections::HashMap;
 use token_exchange::Exchanger;
-use token_exchange::attestation::RefuseAllEvidence;
+
+use token_exchange::attestation::{NodeAuthorities, X509EvidenceVerifier};
 use token_exchange::exchange::{ExchangeSettings, Stores};
 use token_exchange::keys::{BrokerKeySource, KeyRing, RotationPolicy};
 use token_exchange::policy::Policy;
 use token_exchange::state::MemoryStore;
 use token_exchange::subject::Validator;
+use trust_bundles::bundle::X509Authority;
 use trust_bundles::{Clock, SystemClock};
+use trust_bundles::{SpiffeBundle, TrustDomain};
 
+use crate::config::Env;
 use crate::config::{Config, StateConfig};
-use crate::server::{self, AppState};
+use crate::nodes::{NodeCa, StoreNodeStatus};
+use crate::server::{self, AdminToken, AppState};
 use crate::store::DurableStore;
 
 /// How often the key ring is brought up to date.
@@ -39,6 +45,8 @@ pub enum ServeError {
     },
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 fn rotation(cfg: &Config) -> RotationPolicy {
@@ -49,8 +57,39 @@ fn rotation(cfg: &Config) -> RotationPolicy {
     }
 }
 
+/// Loads the `enforcer_ca` of SPIFFE domains as node authorities for their subjects.
+fn foreign_node_cas(
+    cfg: &Config,
+) -> Result<HashMap<String, (TrustDomain, SpiffeBundle)>, ServeError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut out = HashMap::new();
+    for (name, path) in &cfg.enforcer_cas {
+        let td: TrustDomain = name
+            .parse()
+            .map_err(|e| ServeError::Config(format!("trust_domain {name}: {e}")))?;
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?;
+        let mut authorities = Vec::new();
+        for certificate in certs {
+            let jwk = trust_bundles::x509::leaf_public_key(&certificate)
+                .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?;
+            authorities.push(X509Authority { certificate, jwk });
+        }
+        let bundle = SpiffeBundle::new(None, Duration::from_secs(300), authorities, Vec::new())
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        out.insert(name.clone(), (td, bundle));
+    }
+    Ok(out)
+}
+
 /// Opens state and builds the application, without binding anything.
-pub fn build(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Arc<AppState>, ServeError> {
+pub fn build(
+    cfg: &Config,
+    clock: Arc<dyn Clock>,
+    admin_token: Option<AdminToken>,
+) -> Result<Arc<AppState>, ServeError> {
     let StateConfig::Embedded { path } = &cfg.state;
     let store = Arc::new(DurableStore::open(path)?);
     let mut ring = KeyRing::from_records(store.load_keys()?)?;
@@ -59,6 +98,24 @@ pub fn build(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Arc<AppState>, Serve
         seq = store.save_keys(&ring.records())?;
     }
     let ring = Arc::new(RwLock::new(ring));
+    let node_ca = Arc::new(
+        NodeCa::load_or_create(&store, &cfg.local_trust_domain, clock.now())
+            .map_err(ServeError::Config)?,
+    );
+    let node_status = Arc::new(StoreNodeStatus {
+        store: store.clone(),
+        trust_domain: cfg.local_trust_domain.clone(),
+    });
+    let authorities = NodeAuthorities {
+        local_domain: cfg.local_trust_domain.clone(),
+        local: node_ca.bundle().map_err(ServeError::Config)?,
+        foreign: foreign_node_cas(cfg)?,
+    };
+    let verifier = Arc::new(X509EvidenceVerifier::new(
+        Arc::new(RwLock::new(authorities)),
+        node_status.clone(),
+        cfg.clock_skew,
+    ));
 
     let keys = Arc::new(BrokerKeySource::new(
         cfg.local_trust_domain.as_str().to_owned(),
@@ -81,7 +138,7 @@ pub fn build(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Arc<AppState>, Serve
             nonces: memory.clone(),
             replay: memory,
         },
-        Arc::new(RefuseAllEvidence),
+        verifier,
         clock.clone(),
     );
     Ok(Arc::new(AppState {
@@ -90,7 +147,12 @@ pub fn build(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Arc<AppState>, Serve
         store,
         clock,
         issuer: cfg.issuer.clone(),
+        local_trust_domain: cfg.local_trust_domain.clone(),
         bundle_sequence: AtomicU64::new(seq),
+        node_ca,
+        node_status,
+        admin_token,
+        renewals: Arc::new(MemoryStore::new()),
     }))
 }
 
@@ -151,7 +213,13 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = build(&cfg, clock)?;
+    let admin_token = crate::config::ProcessEnv
+        .var(&cfg.admin_token_env)
+        .and_then(AdminToken::new);
+    if admin_token.is_none() {
+        tracing::info!(env = %cfg.admin_token_env, "no admin token set: the admin API is disabled");
+    }
+    let state = build(&cfg, clock, admin_token)?;
     let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
 
     let data = web::Data::from(state.clone());

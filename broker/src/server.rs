@@ -21,6 +21,26 @@ use crate::store::DurableStore;
 /// Largest `/token` body accepted (SPEC §4).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The admin bearer token. `Debug` redacts it; compare with [`crate::nodes::check_admin`].
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: String) -> Option<Self> {
+        (!token.is_empty()).then_some(Self(token))
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken([redacted])")
+    }
+}
+
 /// Shared state of every worker.
 pub struct AppState {
     pub exchanger: Exchanger,
@@ -28,7 +48,12 @@ pub struct AppState {
     pub store: Arc<DurableStore>,
     pub clock: Arc<dyn Clock>,
     pub issuer: String,
+    pub local_trust_domain: trust_bundles::TrustDomain,
     pub bundle_sequence: AtomicU64,
+    pub node_ca: Arc<crate::nodes::NodeCa>,
+    pub node_status: Arc<crate::nodes::StoreNodeStatus>,
+    pub admin_token: Option<AdminToken>,
+    pub renewals: Arc<token_exchange::state::MemoryStore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -51,7 +76,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jwks", web::get().to(jwks))
         .route("/bundle", web::get().to(bundle))
         .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route("/v1/enroll", web::post().to(crate::nodes::enroll))
+        .route("/v1/renew", web::post().to(crate::nodes::renew))
+        .route(
+            "/admin/v1/join-tokens",
+            web::post().to(crate::nodes::create_join_token),
+        )
+        .route("/admin/v1/nodes", web::get().to(crate::nodes::list_nodes))
+        .route(
+            "/admin/v1/nodes/{name}",
+            web::get().to(crate::nodes::get_node),
+        )
+        .route(
+            "/admin/v1/nodes/{name}",
+            web::delete().to(crate::nodes::delete_node),
+        );
 }
 
 fn no_store(mut resp: HttpResponse) -> HttpResponse {
@@ -296,7 +336,9 @@ async fn bundle(state: web::Data<AppState>) -> HttpResponse {
         .filter_map(|jwk| jwk.kid.clone().map(|kid| JwtAuthority { kid, jwk }))
         .collect();
     let seq = state.bundle_sequence.load(Ordering::SeqCst);
-    match SpiffeBundle::new(Some(seq), Duration::from_secs(300), Vec::new(), authorities) {
+    // SPEC §7: jwt-svid keys for our tokens, x509-svid for the node CA.
+    let x509 = state.node_ca.authority().into_iter().collect();
+    match SpiffeBundle::new(Some(seq), Duration::from_secs(300), x509, authorities) {
         Ok(b) => HttpResponse::Ok()
             .content_type("application/json")
             .body(b.to_json()),

@@ -8,6 +8,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use token_exchange::keys::KeyRecord;
 
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
+const NODE_CA: TableDefinition<&str, &[u8]> = TableDefinition::new("node_ca");
+const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const BUNDLE_SEQUENCE: &str = "bundle_sequence";
 const FILE: &str = "state.redb";
@@ -67,7 +70,9 @@ impl DurableStore {
         let store = Self { db, path };
         // Create the tables so readers never see "table does not exist".
         let tx = store.db.begin_write().map_err(db_err)?;
-        tx.open_table(KEYS).map_err(db_err)?;
+        for t in [KEYS, NODE_CA, JOIN_TOKENS, NODES] {
+            tx.open_table(t).map_err(db_err)?;
+        }
         tx.open_table(META).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(store)
@@ -127,8 +132,175 @@ impl DurableStore {
             .map_or(0, |v| v.value()))
     }
 
+    /// The node CA (PKCS#8 key and certificate), if one was made.
+    pub fn node_ca(&self) -> Result<Option<StoredCa>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(NODE_CA).map_err(db_err)?;
+        match t.get("ca").map_err(db_err)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
+        }
+    }
+
+    /// Stores the node CA unless one exists; returns the one that is stored, so two
+    /// processes racing at first start agree.
+    pub fn init_node_ca(&self, ca: &StoredCa) -> Result<StoredCa, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let stored = {
+            let mut t = tx.open_table(NODE_CA).map_err(db_err)?;
+            let existing = t
+                .get("ca")
+                .map_err(db_err)?
+                .map(|v| serde_json::from_slice::<StoredCa>(v.value()));
+            match existing {
+                Some(found) => found.map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                None => {
+                    let bytes = serde_json::to_vec(ca).map_err(db_err)?;
+                    t.insert("ca", bytes.as_slice()).map_err(db_err)?;
+                    ca.clone()
+                }
+            }
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(stored)
+    }
+
+    /// Records a join token by its digest (the token itself is never stored).
+    pub fn put_join_token(&self, digest: &str, token: &JoinTokenRecord) -> Result<(), StoreError> {
+        self.put(JOIN_TOKENS, digest, token)
+    }
+
+    /// Removes and returns the join token with this digest, in one transaction: of any
+    /// number of concurrent callers, exactly one gets it.
+    pub fn take_join_token(&self, digest: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let found = {
+            let mut t = tx.open_table(JOIN_TOKENS).map_err(db_err)?;
+            let v = t.remove(digest).map_err(db_err)?;
+            v.map(|v| serde_json::from_slice(v.value()))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(found)
+    }
+
+    pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(NODES).map_err(db_err)?;
+        t.get(name)
+            .map_err(db_err)?
+            .map(|v| serde_json::from_slice(v.value()))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(NODES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db_err)? {
+            let (_, v) = entry.map_err(db_err)?;
+            out.push(
+                serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Applies `f` to the node record (absent: `None`) and writes what it returns, in one
+    /// transaction. `f` may refuse by returning `Err`.
+    pub fn update_node<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Option<NodeRecord>) -> Result<(Option<NodeRecord>, T), StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let out = {
+            let mut t = tx.open_table(NODES).map_err(db_err)?;
+            let current = t
+                .get(name)
+                .map_err(db_err)?
+                .map(|v| serde_json::from_slice::<NodeRecord>(v.value()))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let (next, out) = f(current)?;
+            match next {
+                Some(rec) => {
+                    let bytes = serde_json::to_vec(&rec).map_err(db_err)?;
+                    t.insert(name, bytes.as_slice()).map_err(db_err)?;
+                }
+                None => {
+                    t.remove(name).map_err(db_err)?;
+                }
+            }
+            out
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
+    fn put<T: serde::Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(table).map_err(db_err)?;
+            let bytes = serde_json::to_vec(value).map_err(db_err)?;
+            t.insert(key, bytes.as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
     /// A cheap read that proves the store answers (readiness).
     pub fn ping(&self) -> Result<(), StoreError> {
         self.bundle_sequence().map(|_| ())
     }
+}
+
+/// The node CA as stored. The key is secret; `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredCa {
+    pub pkcs8_b64: String,
+    pub cert_der_b64: String,
+}
+
+impl std::fmt::Debug for StoredCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCa")
+            .field("pkcs8_b64", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A join token's record, stored under the token's digest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JoinTokenRecord {
+    pub node: String,
+    pub expires_at: u64,
+}
+
+/// A certificate issued to a node's current enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeCert {
+    pub sha256: String,
+    pub not_after: u64,
+}
+
+/// An enrolled node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub spiffe_id: String,
+    pub enrolled_at: u64,
+    pub version: u64,
+    /// Certificates of the current enrollment that may still be valid (the current one
+    /// and, across a renewal, its predecessor).
+    pub certs: Vec<NodeCert>,
 }

@@ -148,9 +148,25 @@ pub struct NodeAuthorities {
     pub foreign: HashMap<String, (TrustDomain, SpiffeBundle)>,
 }
 
-/// Whether a node has been revoked (SPEC §6: refused "from that moment on every replica").
+/// Whether an enrolled node and its certificate still stand (SPEC §6: a revoked node is
+/// refused "from that moment on every replica"). Asked for nodes of this broker's own
+/// node CA only; `cert_sha256` (hex) pins the certificates issued to the current
+/// enrollment, so a certificate from before a revocation never comes back.
 pub trait NodeStatus: Send + Sync {
-    fn is_revoked<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, StateError>>;
+    fn is_active<'a>(
+        &'a self,
+        node: &'a str,
+        cert_sha256: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StateError>>;
+}
+
+/// Lowercase hex SHA-256 of a DER certificate.
+pub fn cert_sha256(cert: &CertificateDer<'_>) -> String {
+    digest::digest(&digest::SHA256, cert.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Verifies evidence as SPEC §6 lists; the exchange then checks nonce, `cnf.jkt` and
@@ -191,7 +207,7 @@ impl X509EvidenceVerifier {
     fn check(
         &self,
         ctx: &EvidenceContext<'_>,
-    ) -> Result<(SpiffeId, EvidenceClaims), EvidenceError> {
+    ) -> Result<(SpiffeId, bool, String, EvidenceClaims), EvidenceError> {
         // 1.
         let jws = UnverifiedJws::parse(ctx.evidence, MAX_EVIDENCE_BYTES)
             .map_err(|e| invalid(format!("not a compact JWS: {e}")))?;
@@ -223,7 +239,7 @@ impl X509EvidenceVerifier {
 
         // 2. The node chains to this broker's node CA, or to the subject's domain's
         // `enforcer_ca`.
-        let node = {
+        let (node, local) = {
             let auth = self
                 .authorities
                 .read()
@@ -235,17 +251,18 @@ impl X509EvidenceVerifier {
                 ctx.now,
                 SvidUsage::Client,
             ) {
-                Ok(id) if id.path().starts_with(NODE_PATH_PREFIX) => id,
+                Ok(id) if id.path().starts_with(NODE_PATH_PREFIX) => (id, true),
                 Ok(_) => return Err(invalid("node certificate is not an enforcer identity")),
                 Err(local_err) => {
                     let foreign = (ctx.subject.kind != DomainKind::Local)
                         .then(|| auth.foreign.get(&ctx.subject.domain))
                         .flatten();
                     match foreign {
-                        Some((td, bundle)) => {
+                        Some((td, bundle)) => (
                             verify_x509_svid(&chain, bundle, td, ctx.now, SvidUsage::Client)
-                                .map_err(|e| invalid(format!("node chain: {e}")))?
-                        }
+                                .map_err(|e| invalid(format!("node chain: {e}")))?,
+                            false,
+                        ),
                         None => return Err(invalid(format!("node chain: {local_err}"))),
                     }
                 }
@@ -280,7 +297,7 @@ impl X509EvidenceVerifier {
 
         // 7.
         check_required(&ctx.boundary.require, &claims.proc)?;
-        Ok((node, claims))
+        Ok((node, local, cert_sha256(leaf), claims))
     }
 }
 
@@ -310,15 +327,17 @@ impl EvidenceVerifier for X509EvidenceVerifier {
         ctx: EvidenceContext<'a>,
     ) -> BoxFuture<'a, Result<VerifiedEvidence, EvidenceError>> {
         Box::pin(async move {
-            let (node, claims) = self.check(&ctx)?;
-            // 3. Revocation, after the chain proves which node this is.
-            if self
-                .nodes
-                .is_revoked(node.as_str())
-                .await
-                .map_err(EvidenceError::Unavailable)?
+            let (node, local, fingerprint, claims) = self.check(&ctx)?;
+            // 3. Revocation, after the chain proves which node this is. Nodes of a foreign
+            // `enforcer_ca` are not enrolled here; their domain revokes them.
+            if local
+                && !self
+                    .nodes
+                    .is_active(node.as_str(), &fingerprint)
+                    .await
+                    .map_err(EvidenceError::Unavailable)?
             {
-                return Err(invalid("node is revoked"));
+                return Err(invalid("node is revoked or its certificate was replaced"));
             }
             Ok(VerifiedEvidence {
                 node: node.to_string(),

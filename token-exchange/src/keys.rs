@@ -343,7 +343,13 @@ impl KeyRing {
             .iter()
             .filter(|k| k.record.publish_at <= now)
             .collect();
-        keys.sort_by_key(|k| std::cmp::Reverse(k.record.activate_at));
+        // Newest first; ties broken by kid so every replica publishes the same order.
+        keys.sort_by(|a, b| {
+            b.record
+                .activate_at
+                .cmp(&a.record.activate_at)
+                .then_with(|| a.record.kid.cmp(&b.record.kid))
+        });
         keys.truncate(MAX_PUBLISHED_KEYS);
         keys
     }

@@ -11,5 +11,8 @@
 mod google_auth;
 mod hostile;
 mod serve;
-#[allow(dead_code, reason = "a shared fixture: not every scenario uses every item")]
+#[allow(
+    dead_code,
+    reason = "a shared fixture: not every scenario uses every item"
+)]
 mod world;

@@ -82,8 +82,12 @@ fn bundle_for(ca: &Ca) -> SpiffeBundle {
 struct Revoked(Mutex<HashSet<String>>);
 
 impl NodeStatus for Revoked {
-    fn is_revoked<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, StateError>> {
-        let r = self.0.lock().unwrap().contains(node);
+    fn is_active<'a>(
+        &'a self,
+        node: &'a str,
+        _cert: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StateError>> {
+        let r = !self.0.lock().unwrap().contains(node);
         Box::pin(async move { Ok(r) })
     }
 }

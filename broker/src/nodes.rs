@@ -1,0 +1,640 @@
+//! Node enrollment (SPEC §6): the broker's node CA (rcgen), single-use join tokens,
+//! `POST /v1/enroll`, renewal with the current certificate, and `/admin/v1/nodes`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use aws_lc_rs::digest;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use serde::Deserialize;
+use serde_json::json;
+use token_exchange::attestation::{NODE_PATH_PREFIX, NodeStatus, cert_sha256};
+use token_exchange::state::{BoxFuture, StateError};
+use trust_bundles::bundle::X509Authority;
+use trust_bundles::jws::UnverifiedJws;
+use trust_bundles::x509::{SvidUsage, leaf_public_key, verify_x509_svid};
+use trust_bundles::{JwsAlgorithm, SpiffeBundle, TrustDomain, UnixTime};
+
+use crate::server::AppState;
+use crate::store::{DurableStore, JoinTokenRecord, NodeCert, NodeRecord, StoreError, StoredCa};
+
+/// Lifetime of node certificates: short, renewed by the enforcer at half-life.
+pub const NODE_CERT_TTL: Duration = Duration::from_secs(3600);
+/// Lifetime of the node CA.
+const NODE_CA_TTL: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
+/// Join tokens live this long unless asked otherwise, and never longer than the maximum.
+const JOIN_TOKEN_DEFAULT_TTL: Duration = Duration::from_secs(600);
+const JOIN_TOKEN_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Renewal requests are single-use JWSs valid this long.
+const RENEWAL_MAX_AGE: u64 = 60;
+/// `typ` of a renewal request.
+pub const RENEWAL_TYP: &str = "node-renewal+jwt";
+/// Largest enrollment or renewal body.
+pub const MAX_ENROLL_BODY: usize = 16 * 1024;
+
+/// The broker's node CA.
+pub struct NodeCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+    trust_domain: TrustDomain,
+}
+
+impl std::fmt::Debug for NodeCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCa")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+fn datetime(secs: u64) -> Result<time::OffsetDateTime, String> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .ok_or_else(|| "time out of range".to_owned())
+}
+
+fn random_token(bytes: usize) -> Result<String, String> {
+    let mut buf = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut buf).map_err(|_| "randomness unavailable".to_owned())?;
+    Ok(URL_SAFE_NO_PAD.encode(buf))
+}
+
+/// Hex SHA-256 of a secret, the form in which it is stored and logged.
+pub fn digest_hex(secret: &str) -> String {
+    digest::digest(&digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl NodeCa {
+    /// Loads the node CA from the store, making one on first start.
+    pub fn load_or_create(
+        store: &DurableStore,
+        trust_domain: &TrustDomain,
+        now: UnixTime,
+    ) -> Result<Self, String> {
+        let stored = match store.node_ca().map_err(|e| e.to_string())? {
+            Some(ca) => ca,
+            None => {
+                let key = KeyPair::generate().map_err(|e| e.to_string())?;
+                let mut p = CertificateParams::default();
+                p.distinguished_name.push(
+                    DnType::CommonName,
+                    format!("trustbroker node CA ({trust_domain})"),
+                );
+                p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+                p.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
+                p.not_before = datetime(now.as_secs().saturating_sub(60))?;
+                p.not_after = datetime(now.as_secs().saturating_add(NODE_CA_TTL.as_secs()))?;
+                let cert = p.self_signed(&key).map_err(|e| e.to_string())?;
+                let fresh = StoredCa {
+                    pkcs8_b64: STANDARD.encode(key.serialize_der()),
+                    cert_der_b64: STANDARD.encode(cert.der().as_ref()),
+                };
+                store.init_node_ca(&fresh).map_err(|e| e.to_string())?
+            }
+        };
+        let key_der = STANDARD
+            .decode(&stored.pkcs8_b64)
+            .map_err(|e| e.to_string())?;
+        let key = KeyPair::try_from(key_der.as_slice()).map_err(|e| e.to_string())?;
+        let cert = CertificateDer::from(
+            STANDARD
+                .decode(&stored.cert_der_b64)
+                .map_err(|e| e.to_string())?,
+        );
+        let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| e.to_string())?;
+        Ok(Self {
+            issuer,
+            cert,
+            trust_domain: trust_domain.clone(),
+        })
+    }
+
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The node CA as a SPIFFE bundle authority.
+    pub fn authority(&self) -> Result<X509Authority, String> {
+        Ok(X509Authority {
+            certificate: self.cert.clone(),
+            jwk: leaf_public_key(&self.cert).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// A bundle holding only the node CA, for verifying node chains.
+    pub fn bundle(&self) -> Result<SpiffeBundle, String> {
+        SpiffeBundle::new(
+            None,
+            Duration::from_secs(300),
+            vec![self.authority()?],
+            Vec::new(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Issues a node certificate for the key in `csr` (whose signature proves possession),
+    /// naming `spiffe://<td>/enforcer/<node>` whatever the CSR asks for.
+    pub fn issue(
+        &self,
+        csr_der: &[u8],
+        node: &str,
+        now: UnixTime,
+    ) -> Result<(CertificateDer<'static>, u64), String> {
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| format!("csr: {e}"))?;
+        if !std::ptr::eq(csr.public_key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256) {
+            return Err("csr: the node key must be EC P-256".into());
+        }
+        let id = format!("spiffe://{}{NODE_PATH_PREFIX}{node}", self.trust_domain);
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, node);
+        p.subject_alt_names = vec![SanType::URI(id.try_into().map_err(|_| "bad node id")?)];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let not_after = now.as_secs().saturating_add(NODE_CERT_TTL.as_secs());
+        p.not_before = datetime(now.as_secs().saturating_sub(60))?;
+        p.not_after = datetime(not_after)?;
+        let cert = p
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(|e| e.to_string())?;
+        Ok((cert.der().clone(), not_after))
+    }
+}
+
+/// Node names are one SPIFFE path segment, short and plain.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+/// Node status from the durable store.
+#[derive(Debug)]
+pub struct StoreNodeStatus {
+    pub store: Arc<DurableStore>,
+    pub trust_domain: TrustDomain,
+}
+
+impl NodeStatus for StoreNodeStatus {
+    fn is_active<'a>(
+        &'a self,
+        node: &'a str,
+        cert_sha256: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StateError>> {
+        let prefix = format!("spiffe://{}{NODE_PATH_PREFIX}", self.trust_domain);
+        let result = match node.strip_prefix(&prefix) {
+            None => Ok(false),
+            Some(name) => self
+                .store
+                .node(name)
+                .map(|rec| rec.is_some_and(|r| r.certs.iter().any(|c| c.sha256 == cert_sha256)))
+                .map_err(|e| StateError(e.to_string())),
+        };
+        Box::pin(async move { result })
+    }
+}
+
+// ---- HTTP -------------------------------------------------------------------------
+
+fn json_error(status: actix_web::http::StatusCode, error: &str, description: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"error": error, "error_description": description}))
+}
+
+fn bad_request(description: &str) -> HttpResponse {
+    json_error(
+        actix_web::http::StatusCode::BAD_REQUEST,
+        "invalid_request",
+        description,
+    )
+}
+
+fn unavailable(e: &StoreError) -> HttpResponse {
+    tracing::error!(error = %e, "state store failed");
+    json_error(
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "try again later",
+    )
+}
+
+/// Checks the admin bearer token in constant time. The API is off when no token is set.
+pub fn check_admin(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResponse>> {
+    let Some(expected) = &state.admin_token else {
+        return Err(Box::new(json_error(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "no admin token is configured",
+        )));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if aws_lc_rs::constant_time::verify_slices_are_equal(
+        presented.as_bytes(),
+        expected.secret().as_bytes(),
+    )
+    .is_ok()
+    {
+        Ok(())
+    } else {
+        let mut resp = json_error(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "admin bearer token required",
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Err(Box::new(resp))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenRequest {
+    node: String,
+    ttl: Option<String>,
+}
+
+/// `POST /admin/v1/join-tokens`.
+pub async fn create_join_token(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(resp) = check_admin(&req, &state) {
+        return *resp;
+    }
+    let Ok(r) = serde_json::from_slice::<JoinTokenRequest>(&body) else {
+        return bad_request("body must be {\"node\": \"…\", \"ttl\": \"10m\"}");
+    };
+    if !valid_node_name(&r.node) {
+        return bad_request("node must be 1-63 of [a-z0-9._-]");
+    }
+    let ttl = match r.ttl.as_deref().map(humantime::parse_duration) {
+        None => JOIN_TOKEN_DEFAULT_TTL,
+        Some(Ok(d)) if d >= Duration::from_secs(1) && d <= JOIN_TOKEN_MAX_TTL => d,
+        Some(_) => return bad_request("ttl must be a duration between 1s and 24h"),
+    };
+    let Ok(token) = random_token(32) else {
+        return json_error(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error",
+        );
+    };
+    let expires_at = state.clock.now().as_secs().saturating_add(ttl.as_secs());
+    let record = JoinTokenRecord {
+        node: r.node.clone(),
+        expires_at,
+    };
+    if let Err(e) = state.store.put_join_token(&digest_hex(&token), &record) {
+        return unavailable(&e);
+    }
+    tracing::info!(event = "join_token", node = %r.node, expires_at, "join token created");
+    HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"token": token, "node": r.node, "expires_at": expires_at}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollRequest {
+    join_token: String,
+    /// Base64 DER PKCS#10 request for the node key.
+    csr: String,
+}
+
+fn issued(state: &AppState, node: &str, cert: &CertificateDer<'_>, not_after: u64) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({
+            "node": node,
+            "spiffe_id": format!("spiffe://{}{NODE_PATH_PREFIX}{node}", state.local_trust_domain),
+            "certificate": STANDARD.encode(cert.as_ref()),
+            "ca": STANDARD.encode(state.node_ca.certificate().as_ref()),
+            "expires_at": not_after,
+        }))
+}
+
+fn audit_enroll(event: &'static str, decision: &'static str, node: Option<&str>, reason: &str) {
+    tracing::info!(event, decision, reason, node, "node enrollment");
+}
+
+/// `POST /v1/enroll`: a join token and a CSR in, a node certificate out. The token is
+/// consumed in one store transaction, so two uses — even concurrent ones — enroll once.
+pub async fn enroll(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    if body.len() > MAX_ENROLL_BODY {
+        return bad_request("body too large");
+    }
+    let Ok(r) = serde_json::from_slice::<EnrollRequest>(&body) else {
+        audit_enroll("enroll", "deny", None, "invalid_request");
+        return bad_request("body must be {\"join_token\": \"…\", \"csr\": \"<base64 DER>\"}");
+    };
+    let Ok(csr) = STANDARD.decode(&r.csr) else {
+        audit_enroll("enroll", "deny", None, "invalid_request");
+        return bad_request("csr is not base64");
+    };
+    let now = state.clock.now();
+    let token = match state.store.take_join_token(&digest_hex(&r.join_token)) {
+        Ok(Some(t)) if t.expires_at > now.as_secs() => t,
+        Ok(_) => {
+            audit_enroll("enroll", "deny", None, "invalid_grant");
+            return json_error(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "invalid_grant",
+                "the join token is unknown, expired or used",
+            );
+        }
+        Err(e) => return unavailable(&e),
+    };
+    let (cert, not_after) = match state.node_ca.issue(&csr, &token.node, now) {
+        Ok(c) => c,
+        Err(why) => {
+            audit_enroll("enroll", "deny", Some(&token.node), "invalid_request");
+            tracing::info!(node = %token.node, error = %why, "enrollment refused");
+            return bad_request("the CSR is not acceptable");
+        }
+    };
+    let fp = cert_sha256(&cert);
+    let spiffe_id = format!(
+        "spiffe://{}{NODE_PATH_PREFIX}{}",
+        state.local_trust_domain, token.node
+    );
+    let node = token.node.clone();
+    let stored = state.store.update_node(&token.node, |current| {
+        // A new enrollment replaces the old one entirely: certificates issued before it
+        // stop counting at once.
+        let version = current.map_or(1, |c| c.version.saturating_add(1));
+        let rec = NodeRecord {
+            name: node.clone(),
+            spiffe_id,
+            enrolled_at: now.as_secs(),
+            version,
+            certs: vec![NodeCert {
+                sha256: fp,
+                not_after,
+            }],
+        };
+        Ok((Some(rec), ()))
+    });
+    if let Err(e) = stored {
+        return unavailable(&e);
+    }
+    audit_enroll("enroll", "allow", Some(&token.node), "ok");
+    issued(&state, &token.node, &cert, not_after)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewalClaims {
+    csr: String,
+    iat: u64,
+    exp: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewRequest {
+    renewal: String,
+}
+
+/// `POST /v1/renew`: a JWS signed by the node's current key, its current certificate in
+/// `x5c`, carrying a CSR for the next certificate.
+pub async fn renew(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let refuse = |why: &str| {
+        audit_enroll("renew", "deny", None, "invalid_request");
+        tracing::info!(error = %why, "renewal refused");
+        bad_request("the renewal request is not acceptable")
+    };
+    if body.len() > MAX_ENROLL_BODY {
+        return refuse("too large");
+    }
+    let Ok(r) = serde_json::from_slice::<RenewRequest>(&body) else {
+        return refuse("not {\"renewal\": \"<jws>\"}");
+    };
+    let now = state.clock.now();
+    let jws = match UnverifiedJws::parse(&r.renewal, MAX_ENROLL_BODY) {
+        Ok(j) => j,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    if jws.alg() != JwsAlgorithm::ES256 || jws.header_str("typ") != Some(RENEWAL_TYP) {
+        return refuse("alg or typ");
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        match jws.header().get("x5c").and_then(|v| v.as_array()) {
+            Some(items) if items.len() == 1 => items
+                .iter()
+                .filter_map(|v| v.as_str().and_then(|s| STANDARD.decode(s).ok()))
+                .map(CertificateDer::from)
+                .collect(),
+            _ => return refuse("x5c"),
+        };
+    let Some(leaf) = chain.first() else {
+        return refuse("x5c");
+    };
+    let bundle = match state.node_ca.bundle() {
+        Ok(b) => b,
+        Err(e) => return refuse(&e),
+    };
+    let id = match verify_x509_svid(
+        &chain,
+        &bundle,
+        &state.local_trust_domain,
+        now,
+        SvidUsage::Client,
+    ) {
+        Ok(id) => id,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    let Some(name) = id.path().strip_prefix(NODE_PATH_PREFIX).map(str::to_owned) else {
+        return refuse("not a node");
+    };
+    let fp = cert_sha256(leaf);
+    match state.node_status.is_active(id.as_str(), &fp).await {
+        Ok(true) => {}
+        Ok(false) => return refuse("node revoked or certificate replaced"),
+        Err(e) => return unavailable(&StoreError::Db(e.0)),
+    }
+    let key = match leaf_public_key(leaf) {
+        Ok(k) => k,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    let claims = match jws
+        .verify(&key)
+        .map(serde_json::Value::Object)
+        .map(serde_json::from_value::<RenewalClaims>)
+    {
+        Ok(Ok(c)) => c,
+        _ => return refuse("signature or claims"),
+    };
+    let n = now.as_secs();
+    if claims.exp <= claims.iat
+        || claims.exp - claims.iat > RENEWAL_MAX_AGE
+        || n >= claims.exp
+        || claims.iat > n + 30
+    {
+        return refuse("stale");
+    }
+    match token_exchange::state::ReplayStore::check_and_mark(
+        state.renewals.as_ref(),
+        &format!("renew:{}", digest_hex(&r.renewal)),
+        UnixTime::from_secs(claims.exp),
+        now,
+    )
+    .await
+    {
+        Ok(true) => {}
+        Ok(false) => return refuse("replayed"),
+        Err(e) => return unavailable(&StoreError::Db(e.0)),
+    }
+    let Ok(csr) = STANDARD.decode(&claims.csr) else {
+        return refuse("csr base64");
+    };
+    let (cert, not_after) = match state.node_ca.issue(&csr, &name, now) {
+        Ok(c) => c,
+        Err(e) => return refuse(&e),
+    };
+    let new_fp = cert_sha256(&cert);
+    let updated = state.store.update_node(&name, |current| match current {
+        // Revoked between the check and now: refuse.
+        Some(mut rec) if rec.certs.iter().any(|c| c.sha256 == fp) => {
+            rec.certs.retain(|c| c.sha256 == fp && c.not_after > n);
+            rec.certs.push(NodeCert {
+                sha256: new_fp,
+                not_after,
+            });
+            rec.version = rec.version.saturating_add(1);
+            Ok((Some(rec), true))
+        }
+        other => Ok((other, false)),
+    });
+    match updated {
+        Ok(true) => {
+            audit_enroll("renew", "allow", Some(&name), "ok");
+            issued(&state, &name, &cert, not_after)
+        }
+        Ok(false) => refuse("node revoked during renewal"),
+        Err(e) => unavailable(&e),
+    }
+}
+
+fn node_json(rec: &NodeRecord) -> serde_json::Value {
+    json!({
+        "name": rec.name,
+        "spiffe_id": rec.spiffe_id,
+        "enrolled_at": rec.enrolled_at,
+        "version": rec.version,
+        "expires_at": rec.certs.iter().map(|c| c.not_after).max(),
+    })
+}
+
+/// `GET /admin/v1/nodes`.
+pub async fn list_nodes(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(resp) = check_admin(&req, &state) {
+        return *resp;
+    }
+    match state.store.nodes() {
+        Ok(nodes) => HttpResponse::Ok()
+            .json(json!({"nodes": nodes.iter().map(node_json).collect::<Vec<_>>()})),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// `GET /admin/v1/nodes/{name}` with `ETag: "<version>"`.
+pub async fn get_node(
+    req: HttpRequest,
+    name: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(resp) = check_admin(&req, &state) {
+        return *resp;
+    }
+    match state.store.node(&name) {
+        Ok(Some(rec)) => HttpResponse::Ok()
+            .insert_header((header::ETAG, format!("\"{}\"", rec.version)))
+            .json(node_json(&rec)),
+        Ok(None) => json_error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no such node",
+        ),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// `DELETE /admin/v1/nodes/{name}`: revokes the node at once (SPEC §6). Requires
+/// `If-Match: "<version>"` (SPEC §11): missing → 428, stale → 412.
+pub async fn delete_node(
+    req: HttpRequest,
+    name: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    if let Err(resp) = check_admin(&req, &state) {
+        return *resp;
+    }
+    let Some(if_match) = req
+        .headers()
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().trim_matches('"').to_owned())
+    else {
+        return json_error(
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition_required",
+            "If-Match is required",
+        );
+    };
+    #[derive(Debug)]
+    enum Outcome {
+        Deleted,
+        Missing,
+        Stale,
+    }
+    let result = state.store.update_node(&name, |current| match current {
+        None => Ok((None, Outcome::Missing)),
+        Some(rec) if rec.version.to_string() != if_match => Ok((Some(rec), Outcome::Stale)),
+        Some(_) => Ok((None, Outcome::Deleted)),
+    });
+    match result {
+        Ok(Outcome::Deleted) => {
+            tracing::info!(event = "revoke", decision = "allow", reason = "ok", node = %name.as_str(), "node revoked");
+            HttpResponse::NoContent().finish()
+        }
+        Ok(Outcome::Missing) => json_error(StatusCode::NOT_FOUND, "not_found", "no such node"),
+        Ok(Outcome::Stale) => json_error(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the node changed; GET it again",
+        ),
+        Err(e) => unavailable(&e),
+    }
+}
