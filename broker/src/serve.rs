@@ -137,6 +137,8 @@ pub fn build(
         Stores {
             nonces: memory.clone(),
             replay: memory,
+            // Durable: a restart must not reopen a single-use token's window.
+            single_use: store.clone(),
         },
         verifier,
         clock.clone(),

@@ -11,6 +11,7 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
 const NODE_CA: TableDefinition<&str, &[u8]> = TableDefinition::new("node_ca");
 const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const SINGLE_USE: TableDefinition<&str, u64> = TableDefinition::new("single_use");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const BUNDLE_SEQUENCE: &str = "bundle_sequence";
 const FILE: &str = "state.redb";
@@ -39,6 +40,7 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 pub struct DurableStore {
     db: Database,
     path: PathBuf,
+    single_use_writes: std::sync::atomic::AtomicU64,
 }
 
 impl DurableStore {
@@ -67,13 +69,18 @@ impl DurableStore {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                 .map_err(dir_err)?;
         }
-        let store = Self { db, path };
+        let store = Self {
+            db,
+            path,
+            single_use_writes: std::sync::atomic::AtomicU64::new(0),
+        };
         // Create the tables so readers never see "table does not exist".
         let tx = store.db.begin_write().map_err(db_err)?;
         for t in [KEYS, NODE_CA, JOIN_TOKENS, NODES] {
             tx.open_table(t).map_err(db_err)?;
         }
         tx.open_table(META).map_err(db_err)?;
+        tx.open_table(SINGLE_USE).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(store)
     }
@@ -258,6 +265,34 @@ impl DurableStore {
         tx.commit().map_err(db_err)
     }
 
+    /// Marks `key` as used until `expires_at` (unix seconds), durably: `true` if it was not
+    /// already marked. Expired marks are swept in the same transaction now and then.
+    pub fn mark_single_use(
+        &self,
+        key: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let first = {
+            let mut t = tx.open_table(SINGLE_USE).map_err(db_err)?;
+            let live = t.get(key).map_err(db_err)?.is_some_and(|v| v.value() > now);
+            if !live {
+                t.insert(key, expires_at).map_err(db_err)?;
+                // Amortised sweep: one write in 256 walks the table.
+                let n = self
+                    .single_use_writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n % 256 == 255 {
+                    t.retain(|_, exp| exp > now).map_err(db_err)?;
+                }
+            }
+            !live
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(first)
+    }
+
     /// A cheap read that proves the store answers (readiness).
     pub fn ping(&self) -> Result<(), StoreError> {
         self.bundle_sequence().map(|_| ())
@@ -303,4 +338,18 @@ pub struct NodeRecord {
     /// Certificates of the current enrollment that may still be valid (the current one
     /// and, across a renewal, its predecessor).
     pub certs: Vec<NodeCert>,
+}
+
+impl token_exchange::state::ReplayStore for DurableStore {
+    fn check_and_mark<'a>(
+        &'a self,
+        key: &'a str,
+        expires_at: trust_bundles::UnixTime,
+        now: trust_bundles::UnixTime,
+    ) -> token_exchange::state::BoxFuture<'a, Result<bool, token_exchange::state::StateError>> {
+        let r = self
+            .mark_single_use(key, expires_at.as_secs(), now.as_secs())
+            .map_err(|e| token_exchange::state::StateError(e.to_string()));
+        Box::pin(async move { r })
+    }
 }

@@ -119,7 +119,11 @@ impl ExchangeSettings {
 #[derive(Clone)]
 pub struct Stores {
     pub nonces: Arc<dyn NonceStore>,
+    /// DPoP proof `jti`s: as short-lived as the nonces they ride with.
     pub replay: Arc<dyn ReplayStore>,
+    /// Subject-token `jti`s of `single_use` boundaries: they must outlive a restart for
+    /// as long as the subject token is valid, so the broker backs this durably.
+    pub single_use: Arc<dyn ReplayStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -366,7 +370,7 @@ impl Exchanger {
             let key = format!("sub:{}:{jti}", subject.domain);
             if !self
                 .stores
-                .replay
+                .single_use
                 .check_and_mark(&key, subject.exp, now)
                 .await?
             {

@@ -174,3 +174,37 @@ fn tls_listener_with_an_rcgen_certificate() {
     let plain = reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz"));
     assert!(!matches!(plain, Ok(r) if r.status().is_success()));
 }
+
+#[test]
+fn a_single_use_token_stays_used_across_a_restart() {
+    // 1. A single-use SVID is exchanged once.
+    let w = World::start();
+    let svid = w.svid("/ns/once/sa/x", serde_json::json!({"jti": "once-restart"}));
+    assert_eq!(w.exchange(&svid, JWT_TYPE, PAYMENTS, None).status(), 200);
+    let dir = w.broker.dir.clone();
+    let port = w.broker.port;
+    let World {
+        broker,
+        cluster,
+        github,
+        http,
+        _dir,
+    } = w;
+    // 2. The broker restarts on the same state.
+    assert!(broker.terminate().success());
+    let config = std::fs::read_to_string(dir.join("broker.toml")).unwrap();
+    let broker = trustbroker_tests::broker::Broker::start(&dir, &config, port);
+    let w = World {
+        broker,
+        cluster,
+        github,
+        http,
+        _dir,
+    };
+    // 3. The same token is still refused.
+    crate::world::assert_refused(
+        w.exchange(&svid, JWT_TYPE, PAYMENTS, None),
+        400,
+        "invalid_request",
+    );
+}

@@ -94,7 +94,7 @@ pub struct World {
     pub cluster: IssuerKey,
     pub github: IssuerKey,
     pub http: Client,
-    _dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 impl World {

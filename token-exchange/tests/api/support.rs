@@ -345,6 +345,7 @@ impl World {
             Stores {
                 nonces: store.clone(),
                 replay: store.clone(),
+                single_use: store.clone(),
             },
             verifier(clock.clone()),
             clock.clone(),
