@@ -11,6 +11,7 @@
 mod bundle;
 mod jwk;
 mod jws;
+mod refusals;
 mod roundtrip;
 mod spiffe_id;
 mod support;

@@ -1,0 +1,146 @@
+//! `trustbroker-enforcer enroll | run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use trust_bundles::{Clock, SystemClock};
+
+use crate::config::Registrations;
+use crate::identity::Identity;
+use crate::procfs::RealProc;
+use crate::server::{Enforcer, run as serve};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trustbroker-enforcer",
+    version,
+    about = "trustbroker's node enforcer"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll this node with a broker using a join token.
+    Enroll {
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        join_token: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Serve evidence on a Unix socket.
+    Run {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(std::io::stdout)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    match cli.command {
+        Command::Enroll {
+            broker,
+            join_token,
+            data_dir,
+        } => match Identity::enroll(&broker, &join_token, &data_dir, clock.as_ref()) {
+            Ok(id) => {
+                println!(
+                    "enrolled as {} (certificate until {})",
+                    id.state.spiffe_id, id.state.expires_at
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("trustbroker-enforcer: enrollment failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run {
+            data_dir,
+            socket,
+            config,
+        } => {
+            let registrations = match config.as_deref().map(Registrations::load).transpose() {
+                Ok(r) => r.unwrap_or_default(),
+                Err(problems) => {
+                    for p in problems {
+                        eprintln!("{p}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            let identity = match Identity::load(&data_dir) {
+                Ok(i) => Arc::new(RwLock::new(i)),
+                Err(e) => {
+                    eprintln!("trustbroker-enforcer: {e} (run `enroll` first)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            spawn_renewal(identity.clone(), data_dir, clock.clone());
+            let enforcer = Arc::new(Enforcer {
+                identity,
+                registrations,
+                procs: Arc::new(RealProc::default()),
+                clock,
+            });
+            tracing::info!(socket = %socket.display(), "enforcer is serving");
+            match serve(enforcer, &socket) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("trustbroker-enforcer: {}: {e}", socket.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Renews the node certificate at half-life, retrying every 30 s on failure.
+fn spawn_renewal(identity: Arc<RwLock<Identity>>, dir: PathBuf, clock: Arc<dyn Clock>) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(30));
+            let due = identity
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .wants_renewal(clock.as_ref());
+            if !due {
+                continue;
+            }
+            let renewed = identity
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .renew(&dir, clock.as_ref());
+            match renewed {
+                Ok(next) => {
+                    tracing::info!(
+                        expires_at = next.state.expires_at,
+                        "node certificate renewed"
+                    );
+                    *identity.write().unwrap_or_else(PoisonError::into_inner) = next;
+                }
+                Err(e) => tracing::warn!(error = %e, "renewal failed; retrying"),
+            }
+        }
+    });
+}

@@ -1,0 +1,237 @@
+//! The local API: HTTP/1.1 over a Unix socket, one request per connection. The caller is
+//! identified by the kernel (SO_PEERCRED), never by anything it sends.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use serde::Deserialize;
+use serde_json::json;
+use token_exchange::attestation::{EvidenceClaims, EvidenceCnf, MAX_EVIDENCE_AGE, encode_evidence};
+use token_exchange::types::Jkt;
+use trust_bundles::Clock;
+
+use crate::config::Registrations;
+use crate::identity::Identity;
+use crate::procfs::ProcSource;
+
+/// Largest request head and body accepted.
+const MAX_HEAD: usize = 8 * 1024;
+const MAX_BODY: usize = 4 * 1024;
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything a request needs.
+pub struct Enforcer {
+    pub identity: Arc<RwLock<Identity>>,
+    pub registrations: Registrations,
+    pub procs: Arc<dyn ProcSource>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Enforcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enforcer")
+            .field("registrations", &self.registrations.0.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+fn reply(status: u16, body: serde_json::Value) -> Reply {
+    Reply { status, body }
+}
+
+fn error(status: u16, code: &str) -> Reply {
+    reply(status, json!({"error": code}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvidenceRequest {
+    nonce: String,
+    jkt: String,
+}
+
+impl Enforcer {
+    /// `POST /v1/evidence` for the process `pid` (from the kernel).
+    pub fn evidence(&self, pid: u32, body: &[u8]) -> Reply {
+        let Ok(req) = serde_json::from_slice::<EvidenceRequest>(body) else {
+            return error(400, "invalid_request");
+        };
+        if req.jkt.parse::<Jkt>().is_err() || req.nonce.is_empty() || req.nonce.len() > 256 {
+            return error(400, "invalid_request");
+        }
+        let facts = match self.procs.facts(pid) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "caller's /proc facts unreadable");
+                return error(403, "no_registration");
+            }
+        };
+        let Some(reg) = self.registrations.find(&facts) else {
+            tracing::info!(event = "evidence", decision = "deny", reason = "no_registration", pid, uid = facts.uid, exe = %facts.exe, "no registration matches the caller");
+            return error(403, "no_registration");
+        };
+        let identity = self.identity.read().unwrap_or_else(PoisonError::into_inner);
+        let now = self.clock.now().as_secs();
+        let claims = EvidenceClaims {
+            iss: identity.state.spiffe_id.clone(),
+            sub: reg.spiffe_id.to_string(),
+            nonce: req.nonce,
+            cnf: EvidenceCnf { jkt: req.jkt },
+            iat: now,
+            exp: now + MAX_EVIDENCE_AGE.as_secs(),
+            proc: facts.clone(),
+        };
+        let chain = match identity.chain() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "node certificate unreadable");
+                return error(500, "server_error");
+            }
+        };
+        let mut sign_err = None;
+        let evidence = encode_evidence(&claims, &chain, |m| match identity.sign(m) {
+            Ok(s) => s,
+            Err(e) => {
+                sign_err = Some(e);
+                Vec::new()
+            }
+        });
+        let evidence = match (evidence, sign_err) {
+            (Ok(ev), None) => ev,
+            _ => return error(500, "server_error"),
+        };
+        // The PID may have been reused while we worked: the process must still be the one
+        // whose facts we signed.
+        match self.procs.start_time(pid) {
+            Ok(t) if t == facts.start_time => {}
+            _ => {
+                tracing::warn!(pid, "caller changed while evidence was made; discarded");
+                return error(403, "no_registration");
+            }
+        }
+        tracing::info!(event = "evidence", decision = "allow", reason = "ok", pid, workload = %reg.spiffe_id, "evidence issued");
+        reply(
+            200,
+            json!({"evidence": evidence, "expires_in": MAX_EVIDENCE_AGE.as_secs()}),
+        )
+    }
+
+    /// Routes one parsed request.
+    pub fn handle(&self, pid: u32, method: &str, path: &str, body: &[u8]) -> Reply {
+        match (method, path) {
+            ("POST", "/v1/evidence") => self.evidence(pid, body),
+            ("GET", "/healthz") => reply(200, json!({"status": "ok"})),
+            _ => error(404, "not_found"),
+        }
+    }
+}
+
+/// Reads one request: (method, path, body). `None` for anything malformed or too large.
+fn read_request(stream: &UnixStream) -> Option<(String, String, Vec<u8>)> {
+    let mut r = BufReader::new(stream.take((MAX_HEAD + MAX_BODY) as u64));
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_owned(), parts.next()?.to_owned());
+    let mut head = line.len();
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        head += h.len();
+        if head > MAX_HEAD {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    if length > MAX_BODY {
+        return None;
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).ok()?;
+    Some((method, path, body))
+}
+
+fn write_reply(mut stream: &UnixStream, r: &Reply) {
+    let body = r.body.to_string();
+    let reason = match r.status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        _ => "Error",
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        r.status,
+        body.len()
+    );
+}
+
+fn serve_one(enforcer: &Enforcer, stream: &UnixStream) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    // SPEC §6: the caller is who the kernel says it is.
+    let pid = match getsockopt(stream, PeerCredentials) {
+        Ok(cred) => u32::try_from(cred.pid()).ok(),
+        Err(_) => None,
+    };
+    let reply = match (pid, read_request(stream)) {
+        (Some(pid), Some((method, path, body))) => enforcer.handle(pid, &method, &path, &body),
+        (None, _) => error(403, "no_registration"),
+        (_, None) => error(400, "invalid_request"),
+    };
+    write_reply(stream, &reply);
+}
+
+/// Binds `socket` (replacing a stale socket file) and serves until the process ends.
+pub fn run(enforcer: Arc<Enforcer>, socket: &Path) -> std::io::Result<()> {
+    if socket.exists() {
+        std::fs::remove_file(socket)?;
+    }
+    let listener = UnixListener::bind(socket)?;
+    // Any local process may ask; the kernel tells us who it is.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
+    }
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        while active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let (e, a) = (enforcer.clone(), active.clone());
+        std::thread::spawn(move || {
+            serve_one(&e, &stream);
+            a.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    Ok(())
+}
