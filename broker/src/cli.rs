@@ -30,6 +30,31 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Exchange a token as a workload: nonce, DPoP key, enforcer evidence, exchange.
+    Exchange {
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        subject_token_file: PathBuf,
+        #[arg(long)]
+        audience: String,
+        #[arg(long)]
+        scope: Option<String>,
+        /// The local enforcer's socket; without it no evidence is sent.
+        #[arg(long)]
+        enforcer_socket: Option<PathBuf>,
+        /// `jwt` (or the full URI) for a cloud-IAM token.
+        #[arg(long)]
+        requested_token_type: Option<String>,
+        /// `jwt` (default), `id_token` or `access_token`, or the full URI.
+        #[arg(long, default_value = "jwt")]
+        subject_token_type: String,
+        /// A PKCS#8 P-256 key for DPoP; ephemeral by default.
+        #[arg(long)]
+        dpop_key: Option<PathBuf>,
+    },
+    /// The whole attested flow on loopback, narrated, with three refusals.
+    Demo,
     /// Show the signing keys in the state directory.
     Keys {
         #[arg(long)]
@@ -96,6 +121,71 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(e) => {
                     tracing::error!(error = %e, "trustbroker could not start");
                     eprintln!("trustbroker: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo => crate::demo::run(),
+        Command::Exchange {
+            broker,
+            subject_token_file,
+            audience,
+            scope,
+            enforcer_socket,
+            requested_token_type,
+            subject_token_type,
+            dpop_key,
+        } => {
+            let token = match std::fs::read_to_string(&subject_token_file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("trustbroker: {}: {e}", subject_token_file.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let key = match dpop_key.as_deref().map(crate::client::DpopKey::load) {
+                Some(k) => k,
+                None => crate::client::DpopKey::generate(),
+            };
+            let key = match key {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("trustbroker: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let uri = |t: &str| {
+                if t.contains(':') {
+                    t.to_owned()
+                } else {
+                    format!("urn:ietf:params:oauth:token-type:{t}")
+                }
+            };
+            let stt = uri(&subject_token_type);
+            let rtt = requested_token_type.as_deref().map(uri);
+            let args = crate::client::ExchangeArgs {
+                broker: &broker,
+                subject_token: token.trim(),
+                subject_token_type: &stt,
+                audience: &audience,
+                scope: scope.as_deref(),
+                requested_token_type: rtt.as_deref(),
+                enforcer_socket: enforcer_socket.as_deref(),
+            };
+            match crate::client::exchange(&args, &key) {
+                Ok(a) if a.status == 200 => {
+                    println!("{}", a.body);
+                    ExitCode::SUCCESS
+                }
+                Ok(a) => {
+                    eprintln!("{}", a.body);
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"error": "client_error", "error_description": e.to_string()})
+                    );
                     ExitCode::FAILURE
                 }
             }

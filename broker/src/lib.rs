@@ -5,7 +5,9 @@
 //! `token-exchange` core's; this crate wires it to HTTP, storage and the audit log.
 
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod demo;
 pub mod nodes;
 pub mod serve;
 pub mod server;

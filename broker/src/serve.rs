@@ -206,8 +206,17 @@ fn tls_config(cfg: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, Se
     .map_err(|e| ServeError::Tls(e.to_string()))
 }
 
-/// Runs the broker until SIGTERM or SIGINT, then drains in-flight requests.
+/// Runs the broker until SIGTERM or SIGINT, then drains in-flight requests. The admin
+/// token comes from the environment variable the config names.
 pub async fn run(cfg: Config) -> Result<(), ServeError> {
+    let admin_token = crate::config::ProcessEnv
+        .var(&cfg.admin_token_env)
+        .and_then(AdminToken::new);
+    run_with(cfg, admin_token).await
+}
+
+/// [`run`] with the admin token given directly (the demo makes its own).
+pub async fn run_with(cfg: Config, admin_token: Option<AdminToken>) -> Result<(), ServeError> {
     if cfg.allow_http_fetch_to_loopback {
         tracing::warn!(
             switch = "danger.allow_http_fetch_to_loopback",
@@ -215,9 +224,6 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let admin_token = crate::config::ProcessEnv
-        .var(&cfg.admin_token_env)
-        .and_then(AdminToken::new);
     if admin_token.is_none() {
         tracing::info!(env = %cfg.admin_token_env, "no admin token set: the admin API is disabled");
     }

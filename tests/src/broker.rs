@@ -9,20 +9,25 @@ use std::time::Duration;
 /// The `trustbroker` binary built by `cargo test --workspace` (the broker crate's
 /// integration tests make cargo build it next to the test executables).
 pub fn binary() -> PathBuf {
+    workspace_binary("broker", "trustbroker")
+}
+
+/// A workspace binary next to the test executables, built on demand when missing.
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("trustbroker");
+    let bin = dir.join(name);
     if !bin.is_file() {
         // Run alone (`cargo test -p trustbroker-tests`): build it once.
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "broker", "--bin", "trustbroker"])
+            .args(["build", "-q", "-p", package, "--bin", name])
             .status()
             .unwrap();
-        assert!(status.success(), "building trustbroker failed");
+        assert!(status.success(), "building {name} failed");
     }
     assert!(
         bin.is_file(),
-        "trustbroker binary not found at {}",
+        "{name} binary not found at {}",
         bin.display()
     );
     bin
@@ -62,6 +67,18 @@ impl Broker {
         Self::start_with(dir, config, port, "http", reqwest::blocking::Client::new())
     }
 
+    /// As [`Broker::start`], with `TRUSTBROKER_ADMIN_TOKEN` set to `admin_token`.
+    pub fn start_admin(dir: &Path, config: &str, port: u16, admin_token: &str) -> Self {
+        Self::launch(
+            dir,
+            config,
+            port,
+            "http",
+            reqwest::blocking::Client::new(),
+            Some(admin_token),
+        )
+    }
+
     /// As [`Broker::start`], for a broker serving `scheme` that `client` can reach (a
     /// TLS listener needs a client trusting its CA).
     pub fn start_with(
@@ -71,11 +88,26 @@ impl Broker {
         scheme: &str,
         client: reqwest::blocking::Client,
     ) -> Self {
+        Self::launch(dir, config, port, scheme, client, None)
+    }
+
+    fn launch(
+        dir: &Path,
+        config: &str,
+        port: u16,
+        scheme: &str,
+        client: reqwest::blocking::Client,
+        admin_token: Option<&str>,
+    ) -> Self {
         let cfg_path = dir.join("broker.toml");
         std::fs::write(&cfg_path, config.replace("{PORT}", &port.to_string())).unwrap();
         let log = dir.join("broker.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if let Some(t) = admin_token {
+            cmd.env("TRUSTBROKER_ADMIN_TOKEN", t);
+        }
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&cfg_path)
             .current_dir(dir)

@@ -8,6 +8,7 @@
     reason = "tests fail loudly by design"
 )]
 
+mod attestation;
 mod google_auth;
 mod hostile;
 mod serve;

@@ -1,0 +1,298 @@
+//! Runtime attestation across real processes: the broker, the `trustbroker-enforcer`
+//! binary on a Unix socket, and workloads that are `trustbroker exchange` processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use serde_json::{Value, json};
+use trustbroker_tests::broker::{Broker, binary, free_port, workspace_binary};
+use trustbroker_tests::issuers::*;
+
+const ADMIN: &str = "e2e-admin-token-0123456789";
+
+struct Enforcer(Child);
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn config(exe_sha256: &str) -> String {
+    format!(
+        r#"issuer = "http://127.0.0.1:{{PORT}}"
+listen = "127.0.0.1:{{PORT}}"
+[state]
+path = "state"
+[[trust_domain]]
+name = "cluster-a.example"
+bundle_file = "cluster-a.bundle.json"
+[[boundary]]
+name = "attested"
+from = "cluster-a.example"
+subjects = ["spiffe://cluster-a.example/ns/payments/sa/*"]
+audiences = ["https://payments.example/api"]
+scopes = ["payments.read"]
+attestation = "required"
+require = {{ exe_sha256 = ["{exe_sha256}"] }}
+"#
+    )
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn join_token(b: &Broker, node: &str) -> String {
+    let v: Value = reqwest::blocking::Client::new()
+        .post(b.url("/admin/v1/join-tokens"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"node": node, "ttl": "5m"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn enroll(b: &Broker, token: &str, data: &Path) -> std::process::Output {
+    Command::new(workspace_binary("enforcer", "trustbroker-enforcer"))
+        .args([
+            "enroll",
+            "--broker",
+            &b.base,
+            "--join-token",
+            token,
+            "--data-dir",
+        ])
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+fn run_enforcer(data: &Path, socket: &Path, registrations: &str) -> Enforcer {
+    let cfg = data.join("enforcer.toml");
+    std::fs::write(&cfg, registrations).unwrap();
+    let child = Command::new(workspace_binary("enforcer", "trustbroker-enforcer"))
+        .args(["run", "--data-dir"])
+        .arg(data)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Enforcer(child)
+}
+
+/// `trustbroker exchange` run from `exe` (a workload process).
+fn exchange(
+    exe: &Path,
+    b: &Broker,
+    svid_file: &Path,
+    socket: Option<&Path>,
+) -> (bool, String, String) {
+    let mut c = Command::new(exe);
+    c.args([
+        "exchange",
+        "--broker",
+        &b.base,
+        "--audience",
+        "https://payments.example/api",
+        "--subject-token-file",
+    ])
+    .arg(svid_file);
+    if let Some(s) = socket {
+        c.arg("--enforcer-socket").arg(s);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+struct Setup {
+    b: Broker,
+    socket: PathBuf,
+    svid_file: PathBuf,
+    _enforcer: Enforcer,
+    dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = IssuerKey::es256();
+    std::fs::write(
+        dir.path().join("cluster-a.bundle.json"),
+        cluster.bundle_json("c1"),
+    )
+    .unwrap();
+    let workload = binary();
+    let port = free_port();
+    let b = Broker::start_admin(dir.path(), &config(&sha256_hex(&workload)), port, ADMIN);
+    let token = join_token(&b, "n1");
+    let data = dir.path().join("node");
+    let out = enroll(&b, &token, &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let socket = dir.path().join("enforcer.sock");
+    let registrations = format!(
+        "[[workload]]\nspiffe_id = \"spiffe://cluster-a.example/ns/payments/sa/api\"\nselectors = {{ exe = \"{}\" }}\n",
+        workload.canonicalize().unwrap().display()
+    );
+    let enforcer = run_enforcer(&data, &socket, &registrations);
+    let claims = json!({"sub": "spiffe://cluster-a.example/ns/payments/sa/api", "aud": [b.base], "iat": now(), "exp": now() + 600});
+    let svid = cluster.token(&json!({"alg": "ES256", "kid": "c1"}), &claims);
+    let svid_file = dir.path().join("svid.jwt");
+    std::fs::write(&svid_file, svid).unwrap();
+    Setup {
+        b,
+        socket,
+        svid_file,
+        _enforcer: enforcer,
+        dir,
+    }
+}
+
+#[test]
+fn attested_exchange_across_processes_and_the_refusals() {
+    // 1. Broker, an enrolled enforcer, and a registered workload binary.
+    let s = setup();
+
+    // 2. The registered workload completes an attested exchange.
+    let (ok, out, err) = exchange(&binary(), &s.b, &s.svid_file, Some(&s.socket));
+    assert!(ok, "{err}\n{}", s.b.log());
+    let resp: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(resp["token_type"], "DPoP");
+    let claims = decode_part(resp["access_token"].as_str().unwrap(), 1);
+    assert_eq!(
+        claims["att"]["node"],
+        format!("spiffe://trustbroker.local/enforcer/n1")
+    );
+
+    // 3. The same subject token from an unregistered process (another binary path):
+    // the enforcer refuses it, and without evidence the broker does too.
+    let copy = s.dir.path().join("intruder");
+    std::fs::copy(binary(), &copy).unwrap();
+    let (ok, _, err) = exchange(&copy, &s.b, &s.svid_file, Some(&s.socket));
+    assert!(!ok && err.contains("no_registration"), "{err}");
+    let (ok, _, err) = exchange(&copy, &s.b, &s.svid_file, None);
+    assert!(!ok && err.contains("use_attestation_challenge"), "{err}");
+
+    // 4. An executable replaced on disk after registration: the registered path now
+    // holds other bytes, so the evidence's exe_sha256 no longer meets `require`.
+    let data = s.dir.path().join("node");
+    let socket2 = s.dir.path().join("enforcer2.sock");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&copy)
+            .unwrap();
+        f.write_all(b"tampered").unwrap();
+    }
+    let regs = format!(
+        "[[workload]]\nspiffe_id = \"spiffe://cluster-a.example/ns/payments/sa/api\"\nselectors = {{ exe = \"{}\" }}\n",
+        copy.canonicalize().unwrap().display()
+    );
+    let _second = run_enforcer(&data, &socket2, &regs);
+    let (ok, _, err) = exchange(&copy, &s.b, &s.svid_file, Some(&socket2));
+    assert!(!ok && err.contains("invalid_request"), "{err}");
+
+    // 5. Revoking the node refuses its evidence at once.
+    let http = reqwest::blocking::Client::new();
+    let node = http
+        .get(s.b.url("/admin/v1/nodes/n1"))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap();
+    let etag = node.headers()["etag"].to_str().unwrap().to_owned();
+    let missing = http
+        .delete(s.b.url("/admin/v1/nodes/n1"))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap();
+    assert_eq!(missing.status(), 428);
+    let stale = http
+        .delete(s.b.url("/admin/v1/nodes/n1"))
+        .bearer_auth(ADMIN)
+        .header("If-Match", "\"999\"")
+        .send()
+        .unwrap();
+    assert_eq!(stale.status(), 412);
+    let del = http
+        .delete(s.b.url("/admin/v1/nodes/n1"))
+        .bearer_auth(ADMIN)
+        .header("If-Match", etag)
+        .send()
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let (ok, _, err) = exchange(&binary(), &s.b, &s.svid_file, Some(&s.socket));
+    assert!(!ok && err.contains("invalid_request"), "{err}");
+
+    // 6. The admin API wants its token.
+    let anon = http.get(s.b.url("/admin/v1/nodes")).send().unwrap();
+    assert_eq!(anon.status(), 401);
+}
+
+#[test]
+fn a_join_token_used_twice_concurrently_enrolls_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster-a.bundle.json"),
+        IssuerKey::es256().bundle_json("c1"),
+    )
+    .unwrap();
+    let b = Broker::start_admin(dir.path(), &config(&"0".repeat(64)), free_port(), ADMIN);
+    let token = join_token(&b, "n2");
+    let results: Vec<bool> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let (b, token, d) = (&b, &token, dir.path().join(format!("d{i}")));
+                sc.spawn(move || enroll(b, token, &d).status.success())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+}
+
+#[test]
+fn the_demo_runs_and_exits_zero() {
+    let out = Command::new(binary()).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "use_attestation_challenge",
+        "invalid_scope",
+        "use_fresh_attestation",
+        "All as expected",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected} in:\n{stdout}"
+        );
+    }
+}
