@@ -235,3 +235,123 @@ pub fn run(enforcer: Arc<Enforcer>, socket: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use aws_lc_rs::signature::{self, EcdsaKeyPair};
+    use base64::Engine as _;
+    use token_exchange::attestation::ProcFacts;
+    use trust_bundles::ManualClock;
+
+    use super::*;
+    use crate::config::{Registration, Selectors};
+    use crate::identity::NodeState;
+    use crate::procfs::ProcError;
+
+    /// A `/proc` that reports fixed facts, and a start time that can change between the
+    /// first look and the re-check (PID reuse).
+    struct FakeProc {
+        facts: ProcFacts,
+        start_time_on_recheck: AtomicU64,
+    }
+
+    impl ProcSource for FakeProc {
+        fn facts(&self, pid: u32) -> Result<ProcFacts, ProcError> {
+            if pid == self.facts.pid {
+                Ok(self.facts.clone())
+            } else {
+                Err(ProcError::Unreadable {
+                    pid,
+                    why: "gone".into(),
+                })
+            }
+        }
+        fn start_time(&self, _pid: u32) -> Result<u64, ProcError> {
+            Ok(self.start_time_on_recheck.load(Ordering::SeqCst))
+        }
+    }
+
+    fn facts() -> ProcFacts {
+        ProcFacts {
+            pid: 77,
+            start_time: 1000,
+            uid: 1000,
+            gid: 1000,
+            exe: "/usr/bin/api".into(),
+            exe_sha256: "ab".repeat(32),
+            cgroup: "0::/a".into(),
+            container_id: None,
+        }
+    }
+
+    fn enforcer(recheck: u64) -> Enforcer {
+        let key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let rc = rcgen::KeyPair::try_from(key.to_pkcs8v1().unwrap().as_ref()).unwrap();
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&rc)
+            .unwrap();
+        Enforcer {
+            identity: Arc::new(RwLock::new(Identity {
+                key,
+                state: NodeState {
+                    broker: String::new(),
+                    node: "n1".into(),
+                    spiffe_id: "spiffe://t/enforcer/n1".into(),
+                    certificate: base64::engine::general_purpose::STANDARD
+                        .encode(cert.der().as_ref()),
+                    ca: String::new(),
+                    issued_at: 0,
+                    expires_at: 1,
+                },
+            })),
+            registrations: Registrations(vec![Registration {
+                spiffe_id: "spiffe://t/api".parse().unwrap(),
+                selectors: Selectors {
+                    uid: Some(1000),
+                    ..Selectors::default()
+                },
+            }]),
+            procs: Arc::new(FakeProc {
+                facts: facts(),
+                start_time_on_recheck: AtomicU64::new(recheck),
+            }),
+            clock: Arc::new(ManualClock::new(trust_bundles::UnixTime::from_secs(5000))),
+        }
+    }
+
+    const REQ: &[u8] = br#"{"nonce":"n","jkt":"NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"}"#;
+
+    #[test]
+    fn evidence_for_the_registered_process() {
+        let r = enforcer(1000).handle(77, "POST", "/v1/evidence", REQ);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body["evidence"].as_str().unwrap().split('.').count() == 3);
+    }
+
+    #[test]
+    fn a_reused_pid_gets_no_evidence() {
+        // The process exited and another took its PID while the evidence was signed.
+        let r = enforcer(1001).handle(77, "POST", "/v1/evidence", REQ);
+        assert_eq!(r, error(403, "no_registration"));
+    }
+
+    #[test]
+    fn a_vanished_or_unregistered_caller_gets_403() {
+        assert_eq!(
+            enforcer(1000).handle(78, "POST", "/v1/evidence", REQ),
+            error(403, "no_registration")
+        );
+        let mut e = enforcer(1000);
+        e.registrations.0[0].selectors.uid = Some(0);
+        assert_eq!(
+            e.handle(77, "POST", "/v1/evidence", REQ),
+            error(403, "no_registration")
+        );
+        assert_eq!(
+            enforcer(1000).handle(77, "GET", "/v1/evidence", REQ).status,
+            404
+        );
+    }
+}

@@ -39,6 +39,8 @@ pub enum JwkError {
     UnsupportedCurve(String),
     #[error("JWK `alg` {0:?} is not a supported signature algorithm")]
     UnsupportedAlg(String),
+    #[error("JWK `alg` {0:?} is never accepted (none or HMAC)")]
+    ForbiddenAlg(String),
     #[error("JWK member `{0}` is missing or not a string")]
     MissingMember(&'static str),
     #[error("JWK member `{0}` is not canonical unpadded base64url")]
@@ -364,6 +366,11 @@ impl Jwk {
             None => None,
             Some(Value::String(s)) => match s.parse::<JwsAlgorithm>() {
                 Ok(alg) if key.fits(alg) => Some(alg),
+                // RFC 8725 §3.1-3.2: a key published for `none` or HMAC is a mistake worth
+                // refusing the bundle over, not a key some other consumer may understand.
+                Err(AlgError::None | AlgError::Symmetric(_)) => {
+                    return Err(JwkError::ForbiddenAlg(s.clone()));
+                }
                 _ => return Err(JwkError::UnsupportedAlg(s.clone())),
             },
             Some(_) => return Err(JwkError::MissingMember("alg")),
@@ -519,6 +526,8 @@ fn parse_okp(obj: &Map<String, Value>) -> Result<PublicKey, JwkError> {
         expected: 32,
         got,
     })?;
+    // aws-lc checks only the length here; it does not decompress the point. A non-point
+    // never verifies a signature, so nothing is trusted that should not be.
     ParsedPublicKey::new(&signature::ED25519, x).map_err(|_| JwkError::BadEd25519Key)?;
     Ok(PublicKey::Ed25519 { x })
 }

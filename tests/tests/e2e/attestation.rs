@@ -296,3 +296,57 @@ fn the_demo_runs_and_exits_zero() {
         );
     }
 }
+
+#[test]
+fn an_enforcer_renews_with_its_current_certificate_until_revoked() {
+    use enforcer::identity::Identity;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster-a.bundle.json"),
+        IssuerKey::es256().bundle_json("c1"),
+    )
+    .unwrap();
+    let b = Broker::start_admin(dir.path(), &config(&"0".repeat(64)), free_port(), ADMIN);
+    let clock = trust_bundles::SystemClock;
+    // 1. Enroll, then renew: a new key and certificate for the same node.
+    let data = dir.path().join("node");
+    let first = Identity::enroll(&b.base, &join_token(&b, "n3"), &data, &clock).unwrap();
+    let second = first.renew(&data, &clock).unwrap();
+    assert_ne!(second.state.certificate, first.state.certificate);
+    assert_eq!(
+        second.state.spiffe_id,
+        "spiffe://trustbroker.local/enforcer/n3"
+    );
+    assert_eq!(
+        Identity::load(&data).unwrap().state.certificate,
+        second.state.certificate
+    );
+    // 2. A certificate that was never issued by the node CA cannot renew.
+    let mut forged = Identity::load(&data).unwrap();
+    forged.state.certificate = first.state.ca.clone();
+    assert!(forged.renew(&dir.path().join("x"), &clock).is_err());
+    // 3. After revocation, renewal is refused.
+    let http = reqwest::blocking::Client::new();
+    let etag = http
+        .get(b.url("/admin/v1/nodes/n3"))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap()
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        http.delete(b.url("/admin/v1/nodes/n3"))
+            .bearer_auth(ADMIN)
+            .header("If-Match", etag)
+            .send()
+            .unwrap()
+            .status(),
+        204
+    );
+    assert!(matches!(
+        second.renew(&data, &clock),
+        Err(enforcer::identity::IdentityError::Refused { status: 400, .. })
+    ));
+}

@@ -78,7 +78,7 @@ fn a_pinned_alg_is_the_only_one_allowed() {
     );
     assert_eq!(
         Jwk::from_json(&rsa.jwk_with(json!({"alg": "HS256"}))),
-        Err(JwkError::UnsupportedAlg("HS256".into()))
+        Err(JwkError::ForbiddenAlg("HS256".into()))
     );
 }
 

@@ -219,3 +219,17 @@ fn probe_ed25519_never_rejected() {
     let ident_ok = Jwk::from_json(&json!({"kty":"OKP","crv":"Ed25519","x": b64u(&id)})).is_ok();
     println!("PROBE rejected={rejected}/1024 identity_accepted={ident_ok}");
 }
+
+#[test]
+fn a_bundle_key_for_none_or_hmac_refuses_the_bundle() {
+    for alg in ["none", "HS256"] {
+        let entry = TestKey::p256().jwk_with(json!({"use": "jwt-svid", "kid": "k", "alg": alg}));
+        assert_eq!(
+            SpiffeBundle::parse(&bundle_json(vec![entry])),
+            Err(BundleError::Key {
+                index: 0,
+                error: JwkError::ForbiddenAlg(alg.into())
+            })
+        );
+    }
+}
