@@ -10,8 +10,6 @@ use std::path::PathBuf;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use trust_bundles::{Clock, SystemClock, jws};
 
@@ -23,13 +21,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     std::fs::create_dir_all(&dir)?;
 
     let key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)?;
-    let point = key.public_key().as_ref();
-    let (x, y) = point.get(1..).ok_or("bad point")?.split_at(32);
-    let bundle = json!({
-        "keys": [{"use": "jwt-svid", "kid": "quickstart", "kty": "EC", "crv": "P-256",
-                  "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)}],
-        "spiffe_sequence": 1,
-    });
+    let mut jwk = trust_bundles::Jwk::from_ec_point(key.public_key().as_ref())?.to_json();
+    jwk.insert("use".into(), "jwt-svid".into());
+    jwk.insert("kid".into(), "quickstart".into());
+    let bundle = json!({"keys": [jwk], "spiffe_sequence": 1});
     std::fs::write(
         dir.join("example.bundle.json"),
         serde_json::to_vec_pretty(&bundle)?,

@@ -60,16 +60,13 @@ impl DpopKey {
     }
 
     fn from_key(key: EcdsaKeyPair) -> Result<Self, ClientError> {
-        let p = key.public_key().as_ref();
-        let (x, y) = p
-            .get(1..)
-            .unwrap_or_default()
-            .split_at(32.min(p.len().saturating_sub(1)));
-        let jwk = json!({"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)});
-        let jkt = Jwk::from_json(&jwk)
-            .map_err(|e| ClientError::Key(e.to_string()))?
-            .thumbprint_sha256();
-        Ok(Self { key, jwk, jkt })
+        let public = Jwk::from_ec_point(key.public_key().as_ref())
+            .map_err(|e| ClientError::Key(e.to_string()))?;
+        Ok(Self {
+            jkt: public.thumbprint_sha256(),
+            jwk: Value::Object(public.to_json()),
+            key,
+        })
     }
 
     /// A proof for `POST htu` with `nonce` (RFC 9449 §4.2).

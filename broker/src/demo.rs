@@ -126,10 +126,12 @@ fn demo_in(dir: &Path, clock: &dyn Clock) -> DemoResult<()> {
     // 1. The foreign trust domain.
     step(1, &format!("A foreign SPIFFE trust domain: {DOMAIN}"));
     let td_key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).map_err(e)?;
-    let p = td_key.public_key().as_ref();
-    let (x, y) = p.get(1..).unwrap_or_default().split_at(32);
-    let bundle = json!({"keys": [{"use": "jwt-svid", "kid": "cluster-a-1", "kty": "EC", "crv": "P-256",
-        "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)}], "spiffe_sequence": 1});
+    let mut jwk = trust_bundles::Jwk::from_ec_point(td_key.public_key().as_ref())
+        .map_err(e)?
+        .to_json();
+    jwk.insert("use".into(), "jwt-svid".into());
+    jwk.insert("kid".into(), "cluster-a-1".into());
+    let bundle = json!({"keys": [jwk], "spiffe_sequence": 1});
     std::fs::write(dir.join("cluster-a.bundle.json"), bundle.to_string()).map_err(e)?;
     detail("its JWT-SVID signing key is made; its SPIFFE bundle (1 jwt-svid key, kid cluster-a-1)");
     detail("is handed to the broker as a file, as an air-gapped federation would.");

@@ -140,13 +140,8 @@ impl SigningKey {
             SigningAlg::ES256 => {
                 let k = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der)
                     .map_err(|_| load_err())?;
-                let point = k.public_key().as_ref().to_vec();
-                let (x, y) = point
-                    .get(1..)
-                    .unwrap_or_default()
-                    .split_at(32.min(point.len().saturating_sub(1)));
-                let jwk = json!({"kty":"EC","crv":"P-256","x":URL_SAFE_NO_PAD.encode(x),"y":URL_SAFE_NO_PAD.encode(y)});
-                (Private::Ec(k), jwk)
+                let jwk = Jwk::from_ec_point(k.public_key().as_ref()).map_err(|_| load_err())?;
+                (Private::Ec(k), serde_json::Value::Object(jwk.to_json()))
             }
             SigningAlg::RS256 => {
                 let k = RsaKeyPair::from_pkcs8(&der).map_err(|_| load_err())?;

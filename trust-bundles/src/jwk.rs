@@ -383,6 +383,39 @@ impl Jwk {
         Ok(Self { key, kid, alg })
     }
 
+    /// A JWK for an uncompressed SEC1 point (`04 || x || y`) on P-256 or P-384, the form
+    /// aws-lc and X.509 use; the point is validated like a parsed one.
+    pub fn from_ec_point(point: &[u8]) -> Result<Self, JwkError> {
+        let curve = match point.len() {
+            65 => EcCurve::P256,
+            97 => EcCurve::P384,
+            got => {
+                return Err(JwkError::BadLength {
+                    member: "point",
+                    expected: 65,
+                    got,
+                });
+            }
+        };
+        let coords = point.get(1..).unwrap_or_default();
+        let (x, y) = coords.split_at(curve.coordinate_len());
+        let key = PublicKey::Ec {
+            curve,
+            x: x.to_vec(),
+            y: y.to_vec(),
+        };
+        if key.spki_bytes() != point {
+            return Err(JwkError::PointNotOnCurve(curve.name()));
+        }
+        ParsedPublicKey::new(curve.algorithm().verification(), point)
+            .map_err(|_| JwkError::PointNotOnCurve(curve.name()))?;
+        Ok(Self {
+            key,
+            kid: None,
+            alg: None,
+        })
+    }
+
     /// The key as a JSON object with `kty`, its public members, `kid` and `alg` when set.
     pub fn to_json(&self) -> Map<String, Value> {
         let mut m = Map::new();

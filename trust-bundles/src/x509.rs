@@ -153,28 +153,14 @@ fn check_leaf(leaf: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
 /// The leaf's public key as a JWK, for verifying what the SVID's holder signed. EC keys on
 /// P-256 and P-384 only (the curves of ES256/ES384).
 pub fn leaf_public_key(leaf: &CertificateDer<'_>) -> Result<crate::Jwk, SvidError> {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let (_, cert) = X509Certificate::from_der(leaf.as_ref())
         .map_err(|e| SvidError::Malformed(e.to_string()))?;
     let spki = cert.public_key();
-    let point = spki.subject_public_key.data.as_ref();
-    let is_ec = spki.algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY;
-    let crv = match (is_ec, point.len()) {
-        (true, 65) => "P-256",
-        (true, 97) => "P-384",
-        _ => {
-            return Err(SvidError::Malformed(
-                "leaf key is not an EC P-256/P-384 key".into(),
-            ));
-        }
-    };
-    let coords = point.get(1..).unwrap_or_default();
-    let (x, y) = coords.split_at(coords.len() / 2);
-    let jwk = serde_json::json!({
-        "kty": "EC", "crv": crv, "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)
-    });
-    crate::Jwk::from_json(&jwk).map_err(|e| SvidError::Malformed(e.to_string()))
+    if spki.algorithm.algorithm != x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY {
+        return Err(SvidError::Malformed("leaf key is not an EC key".into()));
+    }
+    crate::Jwk::from_ec_point(spki.subject_public_key.data.as_ref())
+        .map_err(|e| SvidError::Malformed(format!("leaf key: {e}")))
 }
 
 fn map_webpki(e: webpki::Error) -> SvidError {
