@@ -197,6 +197,27 @@ fn attested_exchange_across_processes_and_the_refusals() {
     let (ok, _, err) = exchange(&copy, &s.b, &s.svid_file, None);
     assert!(!ok && err.contains("use_attestation_challenge"), "{err}");
 
+    // 3b. Another node: an enforcer enrolled as n2 vouches for this binary only as
+    // ns/other/sa/batch, so its evidence cannot stand behind the copied payments token.
+    let n2 = s.dir.path().join("node-n2");
+    let out = enroll(&s.b, &join_token(&s.b, "n2"), &n2);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n2_socket = s.dir.path().join("n2.sock");
+    let _n2 = run_enforcer(
+        &n2,
+        &n2_socket,
+        &format!(
+            "[[workload]]\nspiffe_id = \"spiffe://cluster-a.example/ns/other/sa/batch\"\nselectors = {{ exe = \"{}\" }}\n",
+            binary().canonicalize().unwrap().display()
+        ),
+    );
+    let (ok, _, err) = exchange(&binary(), &s.b, &s.svid_file, Some(&n2_socket));
+    assert!(!ok && err.contains("invalid_request"), "{err}");
+
     // 4. An executable replaced on disk after registration: the registered path now
     // holds other bytes, so the evidence's exe_sha256 no longer meets `require`.
     let data = s.dir.path().join("node");
