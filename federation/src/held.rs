@@ -159,7 +159,7 @@ impl HeldBundle {
             _ if fetched.is_empty() => Accepted::Revoked,
             Some(held) if *held == fetched => Accepted::Unchanged,
             held => {
-                let before = held.as_ref().map(|b| kids(b)).unwrap_or_default();
+                let before = held.as_ref().map(kids).unwrap_or_default();
                 let after = kids(&fetched);
                 Accepted::Changed {
                     added_kids: after
