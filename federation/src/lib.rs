@@ -10,3 +10,4 @@
 //! keys past the outage cap.
 
 pub mod held;
+pub mod outbound;
