@@ -30,8 +30,12 @@ pub enum Command {
     Enroll {
         #[arg(long)]
         broker: String,
-        #[arg(long)]
-        join_token: String,
+        /// The join token. Visible to local users in the process list: prefer
+        /// `--join-token-file` or `TRUSTBROKER_JOIN_TOKEN`.
+        #[arg(long, env = "TRUSTBROKER_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
+        #[arg(long, conflicts_with = "join_token")]
+        join_token_file: Option<PathBuf>,
         #[arg(long)]
         data_dir: PathBuf,
     },
@@ -61,20 +65,27 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Enroll {
             broker,
             join_token,
+            join_token_file,
             data_dir,
-        } => match Identity::enroll(&broker, &join_token, &data_dir, clock.as_ref()) {
-            Ok(id) => {
-                println!(
-                    "enrolled as {} (certificate until {})",
-                    id.state.spiffe_id, id.state.expires_at
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("trustbroker-enforcer: enrollment failed: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => {
+            let token = match (join_token, join_token_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => match std::fs::read_to_string(&f) {
+                    Ok(t) => t.trim().to_owned(),
+                    Err(e) => {
+                        eprintln!("trustbroker-enforcer: {}: {e}", f.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, None) => {
+                    eprintln!(
+                        "trustbroker-enforcer: a join token is required (--join-token-file, TRUSTBROKER_JOIN_TOKEN or --join-token)"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            enroll(&broker, &token, &data_dir, clock.as_ref())
+        }
         Command::Run {
             data_dir,
             socket,
@@ -111,6 +122,22 @@ pub fn run(cli: Cli) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn enroll(broker: &str, token: &str, data_dir: &std::path::Path, clock: &dyn Clock) -> ExitCode {
+    match Identity::enroll(broker, token, data_dir, clock) {
+        Ok(id) => {
+            println!(
+                "enrolled as {} (certificate until {})",
+                id.state.spiffe_id, id.state.expires_at
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trustbroker-enforcer: enrollment failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }

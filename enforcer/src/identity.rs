@@ -28,6 +28,26 @@ pub enum IdentityError {
     Refused { status: u16, body: String },
     #[error("broker unreachable: {0}")]
     Http(String),
+    #[error("broker URL must be https (plain http only to a loopback address): {0}")]
+    InsecureBroker(String),
+}
+
+/// Join tokens and node keys travel only over TLS, except to this machine.
+fn check_broker_url(broker: &str) -> Result<(), IdentityError> {
+    let insecure = || IdentityError::InsecureBroker(broker.to_owned());
+    let rest = match broker.split_once("://") {
+        Some(("https", _)) => return Ok(()),
+        Some(("http", rest)) => rest,
+        _ => return Err(insecure()),
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback { Ok(()) } else { Err(insecure()) }
 }
 
 /// What is stored next to the key.
@@ -140,6 +160,7 @@ impl Identity {
         dir: &Path,
         clock: &dyn Clock,
     ) -> Result<Self, IdentityError> {
+        check_broker_url(broker)?;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (key, pkcs8) = new_key()?;
         let issued = post(
@@ -225,5 +246,31 @@ impl Identity {
         };
         Self::save(dir, &pkcs8, &state)?;
         Ok(Self { key, state })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brokers_are_reached_over_tls_unless_on_this_machine() {
+        for ok in [
+            "https://broker.example",
+            "http://127.0.0.1:8080",
+            "http://localhost:1/x",
+            "http://[::1]:80",
+        ] {
+            assert!(check_broker_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://broker.example",
+            "http://10.0.0.1:8080",
+            "ftp://x",
+            "broker.example",
+            "http://127.0.0.1.evil.com",
+        ] {
+            assert!(check_broker_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -28,12 +28,20 @@ pub trait ProcSource: Send + Sync {
     fn start_time(&self, pid: u32) -> Result<u64, ProcError>;
 }
 
-/// The real `/proc`. Executable digests are cached by (device, inode, size, mtime), so a
-/// replaced binary is hashed again and an unchanged one is not.
+/// What identifies a file's content for the hash cache: device, inode, size, and ctime to
+/// the nanosecond — a user can set mtime, but every write or `touch` moves ctime, which no
+/// user can set back.
+type FileIdentity = (u64, u64, u64, i64, i64);
+
+/// Most cached digests; the cache is cleared when full (a budget, not an LRU).
+const MAX_CACHED_HASHES: usize = 1024;
+
+/// The real `/proc`. Executable digests are cached by [`FileIdentity`], so a replaced or
+/// rewritten binary is hashed again and an unchanged one is not.
 #[derive(Debug)]
 pub struct RealProc {
     root: PathBuf,
-    hashes: Mutex<HashMap<(u64, u64, u64, i64), String>>,
+    hashes: Mutex<HashMap<FileIdentity, String>>,
 }
 
 impl Default for RealProc {
@@ -69,7 +77,13 @@ impl RealProc {
         };
         let mut file = std::fs::File::open(&link).map_err(unreadable)?;
         let meta = file.metadata().map_err(unreadable)?;
-        let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        );
         if let Some(h) = self
             .hashes
             .lock()
@@ -96,10 +110,11 @@ impl RealProc {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        self.hashes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, hex.clone());
+        let mut cache = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED_HASHES {
+            cache.clear();
+        }
+        cache.insert(key, hex.clone());
         Ok(hex)
     }
 }
@@ -124,20 +139,36 @@ pub fn parse_ids(status: &str) -> Option<(u32, u32)> {
     Some((field("Uid:")?, field("Gid:")?))
 }
 
-/// A container id from a cgroup path: the last 64-hex-digit token in it (docker,
-/// containerd, CRI-O and podman all name scopes and directories after it).
+/// Cgroup subtrees that only a container runtime (root) can create. A delegated subtree
+/// (`/user.slice/…`, rootless runtimes) lets its user name directories at will, so an id
+/// found there proves nothing.
+const RUNTIME_ROOTS: [&str; 5] = [
+    "/system.slice/",
+    "/kubepods",
+    "/docker/",
+    "/machine.slice/",
+    "/lxc/",
+];
+
+/// A container id from a cgroup path: a 64-hex-digit token in the last path segment
+/// (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>`, `/docker/<id>`), and
+/// only under a runtime-owned root.
 pub fn container_id(cgroup: &str) -> Option<String> {
-    let mut found = None;
-    for token in cgroup.split(|c: char| !c.is_ascii_hexdigit()) {
-        if token.len() == 64
-            && token
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            found = Some(token.to_owned());
-        }
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or_else(|| cgroup.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))?;
+    if !RUNTIME_ROOTS.iter().any(|root| path.starts_with(root)) {
+        return None;
     }
-    found
+    let last = path.rsplit('/').next()?;
+    let last = last.strip_suffix(".scope").unwrap_or(last);
+    let id = last.rsplit('-').next()?;
+    (id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| id.to_owned())
 }
 
 impl ProcSource for RealProc {

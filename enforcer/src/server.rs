@@ -11,9 +11,10 @@ use std::time::Duration;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde::Deserialize;
 use serde_json::json;
+use token_exchange::attestation::ProcFacts;
 use token_exchange::attestation::{EvidenceClaims, EvidenceCnf, MAX_EVIDENCE_AGE, encode_evidence};
 use token_exchange::types::Jkt;
-use trust_bundles::Clock;
+use trust_bundles::{Clock, Stopwatch};
 
 use crate::config::Registrations;
 use crate::identity::Identity;
@@ -65,21 +66,30 @@ struct EvidenceRequest {
 }
 
 impl Enforcer {
-    /// `POST /v1/evidence` for the process `pid` (from the kernel).
-    pub fn evidence(&self, pid: u32, body: &[u8]) -> Reply {
+    /// The caller's facts, read as soon as it connects: a process that connects and only
+    /// then `exec`s a registered binary is judged by what it was when it connected.
+    pub fn facts_at_accept(&self, pid: u32) -> Option<ProcFacts> {
+        match self.procs.facts(pid) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "caller's /proc facts unreadable");
+                None
+            }
+        }
+    }
+
+    /// `POST /v1/evidence` for the caller whose facts were read at accept.
+    pub fn evidence(&self, facts: Option<ProcFacts>, body: &[u8]) -> Reply {
         let Ok(req) = serde_json::from_slice::<EvidenceRequest>(body) else {
             return error(400, "invalid_request");
         };
         if req.jkt.parse::<Jkt>().is_err() || req.nonce.is_empty() || req.nonce.len() > 256 {
             return error(400, "invalid_request");
         }
-        let facts = match self.procs.facts(pid) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(pid, error = %e, "caller's /proc facts unreadable");
-                return error(403, "no_registration");
-            }
+        let Some(facts) = facts else {
+            return error(403, "no_registration");
         };
+        let pid = facts.pid;
         let Some(reg) = self.registrations.find(&facts) else {
             tracing::info!(event = "evidence", decision = "deny", reason = "no_registration", pid, uid = facts.uid, exe = %facts.exe, "no registration matches the caller");
             return error(403, "no_registration");
@@ -114,10 +124,13 @@ impl Enforcer {
             (Ok(ev), None) => ev,
             _ => return error(500, "server_error"),
         };
-        // The PID may have been reused while we worked: the process must still be the one
-        // whose facts we signed.
-        match self.procs.start_time(pid) {
-            Ok(t) if t == facts.start_time => {}
+        // The PID may have been reused, or the process may have exec'd, while we worked: it
+        // must still be the one whose facts we signed (same start, same image).
+        match self.procs.facts(pid) {
+            Ok(now)
+                if now.start_time == facts.start_time
+                    && now.exe == facts.exe
+                    && now.exe_sha256 == facts.exe_sha256 => {}
             _ => {
                 tracing::warn!(pid, "caller changed while evidence was made; discarded");
                 return error(403, "no_registration");
@@ -130,19 +143,47 @@ impl Enforcer {
         )
     }
 
-    /// Routes one parsed request.
+    /// Routes one parsed request from `pid` (facts read now).
     pub fn handle(&self, pid: u32, method: &str, path: &str, body: &[u8]) -> Reply {
+        self.route(self.facts_at_accept(pid), method, path, body)
+    }
+
+    fn route(&self, facts: Option<ProcFacts>, method: &str, path: &str, body: &[u8]) -> Reply {
         match (method, path) {
-            ("POST", "/v1/evidence") => self.evidence(pid, body),
+            ("POST", "/v1/evidence") => self.evidence(facts, body),
             ("GET", "/healthz") => reply(200, json!({"status": "ok"})),
             _ => error(404, "not_found"),
         }
     }
 }
 
-/// Reads one request: (method, path, body). `None` for anything malformed or too large.
+/// A reader that gives up once the whole request has taken longer than its deadline, so a
+/// client trickling a byte at a time cannot hold a connection slot.
+struct Deadline<R> {
+    inner: R,
+    watch: Stopwatch,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.watch.elapsed() > IO_TIMEOUT {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request deadline",
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// Reads one request: (method, path, body). `None` for anything malformed, too large or
+/// too slow.
 fn read_request(stream: &UnixStream) -> Option<(String, String, Vec<u8>)> {
-    let mut r = BufReader::new(stream.take((MAX_HEAD + MAX_BODY) as u64));
+    let deadline = Deadline {
+        inner: stream.take((MAX_HEAD + MAX_BODY) as u64),
+        watch: Stopwatch::start(),
+    };
+    let mut r = BufReader::new(deadline);
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
     let mut parts = line.split_whitespace();
@@ -201,8 +242,9 @@ fn serve_one(enforcer: &Enforcer, stream: &UnixStream) {
         Ok(cred) => u32::try_from(cred.pid()).ok(),
         Err(_) => None,
     };
+    let facts = pid.and_then(|pid| enforcer.facts_at_accept(pid));
     let reply = match (pid, read_request(stream)) {
-        (Some(pid), Some((method, path, body))) => enforcer.handle(pid, &method, &path, &body),
+        (Some(_), Some((method, path, body))) => enforcer.route(facts, &method, &path, &body),
         (None, _) => error(403, "no_registration"),
         (_, None) => error(400, "invalid_request"),
     };
@@ -214,12 +256,12 @@ pub fn run(enforcer: Arc<Enforcer>, socket: &Path) -> std::io::Result<()> {
     if socket.exists() {
         std::fs::remove_file(socket)?;
     }
-    let listener = UnixListener::bind(socket)?;
-    // Any local process may ask; the kernel tells us who it is.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
-    }
+    // Any local process may ask; the kernel tells us who it is. The mode is set through
+    // the umask at bind, not by path afterwards (a path can be swapped for a symlink).
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let bound = UnixListener::bind(socket);
+    nix::sys::stat::umask(previous);
+    let listener = bound?;
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -255,12 +297,23 @@ mod tests {
     struct FakeProc {
         facts: ProcFacts,
         start_time_on_recheck: AtomicU64,
+        calls: AtomicUsize,
     }
 
     impl ProcSource for FakeProc {
         fn facts(&self, pid: u32) -> Result<ProcFacts, ProcError> {
             if pid == self.facts.pid {
-                Ok(self.facts.clone())
+                // The first look sees the original start time; later looks see the re-check.
+                let calls = self.calls.fetch_add(1, Ordering::SeqCst);
+                let start_time = if calls == 0 {
+                    self.facts.start_time
+                } else {
+                    self.start_time_on_recheck.load(Ordering::SeqCst)
+                };
+                Ok(ProcFacts {
+                    start_time,
+                    ..self.facts.clone()
+                })
             } else {
                 Err(ProcError::Unreadable {
                     pid,
@@ -316,6 +369,7 @@ mod tests {
             procs: Arc::new(FakeProc {
                 facts: facts(),
                 start_time_on_recheck: AtomicU64::new(recheck),
+                calls: AtomicUsize::new(0),
             }),
             clock: Arc::new(ManualClock::new(trust_bundles::UnixTime::from_secs(5000))),
         }
