@@ -24,7 +24,9 @@ use trust_bundles::x509::{SvidUsage, leaf_public_key, verify_x509_svid};
 use trust_bundles::{JwsAlgorithm, SpiffeBundle, TrustDomain, UnixTime};
 
 use crate::server::AppState;
-use crate::store::{DurableStore, JoinTokenRecord, NodeCert, NodeRecord, StoreError, StoredCa};
+use crate::store::{
+    DurableStore, JoinTokenRecord, NodeCert, NodeRecord, Revocation, StoreError, StoredCa,
+};
 
 /// Lifetime of node certificates: short, renewed by the enforcer at half-life.
 pub const NODE_CERT_TTL: Duration = Duration::from_secs(3600);
@@ -389,10 +391,14 @@ pub async fn enroll(body: web::Bytes, state: web::Data<AppState>) -> HttpRespons
         state.local_trust_domain, token.node
     );
     let node = token.node.clone();
+    let floor = match state.store.last_node_version(&token.node) {
+        Ok(v) => v,
+        Err(e) => return unavailable(&e),
+    };
     let stored = state.store.update_node(&token.node, |current| {
         // A new enrollment replaces the old one entirely: certificates issued before it
-        // stop counting at once.
-        let version = current.map_or(1, |c| c.version.saturating_add(1));
+        // stop counting at once. Versions never repeat, so a stale If-Match cannot act on it.
+        let version = current.map_or(floor, |c| c.version).saturating_add(1);
         let rec = NodeRecord {
             name: node.clone(),
             spiffe_id,
@@ -524,8 +530,9 @@ pub async fn renew(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse
     };
     let new_fp = cert_sha256(&cert);
     let updated = state.store.update_node(&name, |current| match current {
-        // Revoked between the check and now: refuse.
-        Some(mut rec) if rec.certs.iter().any(|c| c.sha256 == fp) => {
+        // Only the newest certificate renews: a superseded (possibly leaked) one cannot
+        // push the node's current key out. Revoked since the check: refuse.
+        Some(mut rec) if rec.certs.last().is_some_and(|c| c.sha256 == fp) => {
             rec.certs.retain(|c| c.sha256 == fp && c.not_after > n);
             rec.certs.push(NodeCert {
                 sha256: new_fp,
@@ -613,24 +620,14 @@ pub async fn delete_node(
             "If-Match is required",
         );
     };
-    #[derive(Debug)]
-    enum Outcome {
-        Deleted,
-        Missing,
-        Stale,
-    }
-    let result = state.store.update_node(&name, |current| match current {
-        None => Ok((None, Outcome::Missing)),
-        Some(rec) if rec.version.to_string() != if_match => Ok((Some(rec), Outcome::Stale)),
-        Some(_) => Ok((None, Outcome::Deleted)),
-    });
+    let result = state.store.revoke_node(&name, &if_match);
     match result {
-        Ok(Outcome::Deleted) => {
+        Ok(Revocation::Revoked) => {
             tracing::info!(event = "revoke", decision = "allow", reason = "ok", node = %name.as_str(), "node revoked");
             HttpResponse::NoContent().finish()
         }
-        Ok(Outcome::Missing) => json_error(StatusCode::NOT_FOUND, "not_found", "no such node"),
-        Ok(Outcome::Stale) => json_error(
+        Ok(Revocation::Missing) => json_error(StatusCode::NOT_FOUND, "not_found", "no such node"),
+        Ok(Revocation::Stale) => json_error(
             StatusCode::PRECONDITION_FAILED,
             "precondition_failed",
             "the node changed; GET it again",

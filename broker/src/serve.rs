@@ -124,7 +124,10 @@ pub fn build(
         Arc::new(cfg.static_keys.clone()),
     ));
     let validator = Validator::new(cfg.domains.clone(), keys, cfg.clock_skew);
-    let memory = Arc::new(MemoryStore::new());
+    // Separate stores, separate budgets: a flood of unused nonces cannot crowd out the
+    // DPoP replay marks every exchange needs.
+    let nonces = Arc::new(MemoryStore::new());
+    let replay = Arc::new(MemoryStore::new());
     let exchanger = Exchanger::new(
         ExchangeSettings {
             issuer: cfg.issuer.clone(),
@@ -135,8 +138,8 @@ pub fn build(
         Policy::new(cfg.boundaries.clone()),
         ring.clone(),
         Stores {
-            nonces: memory.clone(),
-            replay: memory,
+            nonces,
+            replay,
             // Durable: a restart must not reopen a single-use token's window.
             single_use: store.clone(),
         },

@@ -180,8 +180,16 @@ impl DurableStore {
     }
 
     /// Removes and returns the join token with this digest, in one transaction: of any
-    /// number of concurrent callers, exactly one gets it.
+    /// number of concurrent callers, exactly one gets it. Unknown digests are answered from
+    /// a read transaction, so unauthenticated guesses never cost a durable write.
     pub fn take_join_token(&self, digest: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        {
+            let tx = self.db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(JOIN_TOKENS).map_err(db_err)?;
+            if t.get(digest).map_err(db_err)?.is_none() {
+                return Ok(None);
+            }
+        }
         let tx = self.db.begin_write().map_err(db_err)?;
         let found = {
             let mut t = tx.open_table(JOIN_TOKENS).map_err(db_err)?;
@@ -216,6 +224,52 @@ impl DurableStore {
             );
         }
         Ok(out)
+    }
+
+    /// Deletes a node if its version is `if_match`, cancels every pending join token for
+    /// it, and remembers its last version so a re-enrollment never reuses one — all in one
+    /// transaction.
+    pub fn revoke_node(&self, name: &str, if_match: &str) -> Result<Revocation, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let mut nodes = tx.open_table(NODES).map_err(db_err)?;
+            let current = nodes
+                .get(name)
+                .map_err(db_err)?
+                .map(|v| serde_json::from_slice::<NodeRecord>(v.value()))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            match current {
+                None => Revocation::Missing,
+                Some(rec) if rec.version.to_string() != if_match => Revocation::Stale,
+                Some(rec) => {
+                    nodes.remove(name).map_err(db_err)?;
+                    let mut meta = tx.open_table(META).map_err(db_err)?;
+                    meta.insert(format!("node_version:{name}").as_str(), rec.version)
+                        .map_err(db_err)?;
+                    let mut tokens = tx.open_table(JOIN_TOKENS).map_err(db_err)?;
+                    tokens
+                        .retain(|_, v| {
+                            serde_json::from_slice::<JoinTokenRecord>(v)
+                                .map_or(true, |t| t.node != name)
+                        })
+                        .map_err(db_err)?;
+                    Revocation::Revoked
+                }
+            }
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(outcome)
+    }
+
+    /// The last version a deleted node had (0 if it never existed).
+    pub fn last_node_version(&self, name: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let meta = tx.open_table(META).map_err(db_err)?;
+        Ok(meta
+            .get(format!("node_version:{name}").as_str())
+            .map_err(db_err)?
+            .map_or(0, |v| v.value()))
     }
 
     /// Applies `f` to the node record (absent: `None`) and writes what it returns, in one
@@ -312,6 +366,14 @@ impl std::fmt::Debug for StoredCa {
             .field("pkcs8_b64", &"[redacted]")
             .finish_non_exhaustive()
     }
+}
+
+/// What `revoke_node` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    Revoked,
+    Missing,
+    Stale,
 }
 
 /// A join token's record, stored under the token's digest.

@@ -258,11 +258,19 @@ impl X509EvidenceVerifier {
                         .then(|| auth.foreign.get(&ctx.subject.domain))
                         .flatten();
                     match foreign {
-                        Some((td, bundle)) => (
-                            verify_x509_svid(&chain, bundle, td, ctx.now, SvidUsage::Client)
-                                .map_err(|e| invalid(format!("node chain: {e}")))?,
-                            false,
-                        ),
+                        Some((td, bundle)) => {
+                            let id =
+                                verify_x509_svid(&chain, bundle, td, ctx.now, SvidUsage::Client)
+                                    .map_err(|e| invalid(format!("node chain: {e}")))?;
+                            // An `enforcer_ca` may be a domain's whole SPIRE CA: only its
+                            // enforcer identities may attest, never any workload SVID.
+                            if !id.path().starts_with(NODE_PATH_PREFIX) {
+                                return Err(invalid(
+                                    "node certificate is not an enforcer identity",
+                                ));
+                            }
+                            (id, false)
+                        }
                         None => return Err(invalid(format!("node chain: {local_err}"))),
                     }
                 }

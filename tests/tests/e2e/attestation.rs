@@ -342,6 +342,11 @@ fn an_enforcer_renews_with_its_current_certificate_until_revoked() {
         Identity::load(&data).unwrap().state.certificate,
         second.state.certificate
     );
+    // A superseded certificate cannot renew (it would push the current key out).
+    assert!(matches!(
+        first.renew(&dir.path().join("old"), &clock),
+        Err(enforcer::identity::IdentityError::Refused { status: 400, .. })
+    ));
     // 2. A certificate that was never issued by the node CA cannot renew.
     let mut forged = Identity::load(&data).unwrap();
     forged.state.certificate = first.state.ca.clone();
@@ -370,4 +375,66 @@ fn an_enforcer_renews_with_its_current_certificate_until_revoked() {
         second.renew(&data, &clock),
         Err(enforcer::identity::IdentityError::Refused { status: 400, .. })
     ));
+}
+
+#[test]
+fn revoking_a_node_cancels_its_pending_join_tokens_and_never_reuses_a_version() {
+    use enforcer::identity::Identity;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster-a.bundle.json"),
+        IssuerKey::es256().bundle_json("c1"),
+    )
+    .unwrap();
+    let b = Broker::start_admin(dir.path(), &config(&"0".repeat(64)), free_port(), ADMIN);
+    let clock = trust_bundles::SystemClock;
+    let http = reqwest::blocking::Client::new();
+    let etag = |b: &Broker| {
+        http.get(b.url("/admin/v1/nodes/n4"))
+            .bearer_auth(ADMIN)
+            .send()
+            .unwrap()
+            .headers()["etag"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    Identity::enroll(
+        &b.base,
+        &join_token(&b, "n4"),
+        &dir.path().join("a"),
+        &clock,
+    )
+    .unwrap();
+    let spare = join_token(&b, "n4");
+    let v1 = etag(&b);
+    assert_eq!(
+        http.delete(b.url("/admin/v1/nodes/n4"))
+            .bearer_auth(ADMIN)
+            .header("If-Match", v1.clone())
+            .send()
+            .unwrap()
+            .status(),
+        204
+    );
+    // The spare token died with the node.
+    assert!(Identity::enroll(&b.base, &spare, &dir.path().join("b"), &clock).is_err());
+    // A fresh token re-enrolls it under a new version; the old ETag is stale for good.
+    Identity::enroll(
+        &b.base,
+        &join_token(&b, "n4"),
+        &dir.path().join("c"),
+        &clock,
+    )
+    .unwrap();
+    assert_ne!(etag(&b), v1);
+    assert_eq!(
+        http.delete(b.url("/admin/v1/nodes/n4"))
+            .bearer_auth(ADMIN)
+            .header("If-Match", v1)
+            .send()
+            .unwrap()
+            .status(),
+        412
+    );
 }

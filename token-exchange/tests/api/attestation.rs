@@ -401,3 +401,50 @@ impl KeyClone for Node {
         .unwrap()
     }
 }
+
+#[test]
+fn a_foreign_enforcer_ca_vouches_only_through_enforcer_identities() {
+    // The domain's enforcer_ca may be its whole SPIRE CA: a workload SVID from it must
+    // not be able to sign evidence.
+    let local_ca = node_ca();
+    let foreign_ca = node_ca();
+    let auth = NodeAuthorities {
+        local_domain: "trustbroker.local".parse::<TrustDomain>().unwrap(),
+        local: bundle_for(&local_ca),
+        foreign: HashMap::from([(
+            "cluster-a.example".to_owned(),
+            (
+                "cluster-a.example".parse::<TrustDomain>().unwrap(),
+                bundle_for(&foreign_ca),
+            ),
+        )]),
+    };
+    let revoked = Arc::new(Revoked::default());
+    let w = World::build(default_boundaries(), move |_| {
+        Arc::new(X509EvidenceVerifier::new(
+            Arc::new(RwLock::new(auth)),
+            revoked,
+            Duration::from_secs(30),
+        ))
+    });
+    let f = Fixture {
+        w,
+        node: enroll(
+            &foreign_ca,
+            "spiffe://cluster-a.example/enforcer/k8s-node-1",
+        ),
+        revoked: Arc::default(),
+        ca: foreign_ca,
+    };
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+    let workload_svid = enroll(&f.ca, WORKLOAD);
+    let n = f.w.nonce();
+    let ev = evidence(&workload_svid, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(matches!(
+        refusal(attested(&f, &d, &n, &ev)),
+        ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("enforcer identity")
+    ));
+}
