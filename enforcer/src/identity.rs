@@ -13,8 +13,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use trust_bundles::{Clock, jws};
 
-const KEY_FILE: &str = "node.key";
-const STATE_FILE: &str = "node.json";
+/// One file holds key and certificate, replaced atomically, so a crash never leaves a
+/// key beside another key's certificate.
+const IDENTITY_FILE: &str = "node.json";
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    /// PKCS#8, base64. Secret: the file is 0600.
+    key: String,
+    #[serde(flatten)]
+    state: NodeState,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -181,24 +190,29 @@ impl Identity {
     }
 
     fn save(dir: &Path, pkcs8: &[u8], state: &NodeState) -> Result<(), IdentityError> {
-        write_private(&dir.join(KEY_FILE), STANDARD.encode(pkcs8).as_bytes()).map_err(io(dir))?;
-        let json =
-            serde_json::to_vec_pretty(state).map_err(|e| IdentityError::Corrupt(e.to_string()))?;
-        write_private(&dir.join(STATE_FILE), &json).map_err(io(dir))
+        let stored = Stored {
+            key: STANDARD.encode(pkcs8),
+            state: state.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&stored)
+            .map_err(|e| IdentityError::Corrupt(e.to_string()))?;
+        write_private(&dir.join(IDENTITY_FILE), &json).map_err(io(dir))
     }
 
     /// Loads the identity saved by `enroll` (or the last renewal).
     pub fn load(dir: &Path) -> Result<Self, IdentityError> {
-        let key_b64 = std::fs::read_to_string(dir.join(KEY_FILE)).map_err(io(dir))?;
+        let bytes = std::fs::read(dir.join(IDENTITY_FILE)).map_err(io(dir))?;
+        let stored: Stored =
+            serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt(e.to_string()))?;
         let pkcs8 = STANDARD
-            .decode(key_b64.trim())
+            .decode(stored.key.trim())
             .map_err(|e| IdentityError::Corrupt(e.to_string()))?;
         let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
             .map_err(|e| IdentityError::Key(e.to_string()))?;
-        let state: NodeState =
-            serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).map_err(io(dir))?)
-                .map_err(|e| IdentityError::Corrupt(e.to_string()))?;
-        Ok(Self { key, state })
+        Ok(Self {
+            key,
+            state: stored.state,
+        })
     }
 
     pub fn chain(&self) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
