@@ -9,5 +9,7 @@
 //! What it will not do: fall back from one endpoint profile to another, or keep serving
 //! keys past the outage cap.
 
+#[cfg(feature = "net")]
+pub mod fetch;
 pub mod held;
 pub mod outbound;

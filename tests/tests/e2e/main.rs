@@ -9,6 +9,7 @@
 )]
 
 mod attestation;
+mod fetch;
 mod google_auth;
 mod hostile;
 mod serve;

@@ -1,0 +1,154 @@
+//! Fetching keys from foreign endpoints without being turned against our own network
+//! (SPEC §7): https only (plain http to loopback only when the danger switch says so),
+//! every resolved address checked and the connection pinned to a checked one, no
+//! redirects, a size cap, a timeout, TLS 1.2 or later.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+
+use crate::outbound::{AddressRefused, check_address};
+
+/// Largest response accepted.
+pub const MAX_FETCH_BYTES: usize = 1024 * 1024;
+/// Whole-request timeout (SPEC §7).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a domain may be fetched from.
+#[derive(Debug, Clone)]
+pub struct FetchPolicy {
+    /// `[danger] allow_http_fetch_to_loopback`.
+    pub allow_http_loopback: bool,
+    /// Whether the domain may live on private addresses.
+    pub allow_private: bool,
+    /// Extra roots for this domain's https (`tls_ca`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub timeout: Duration,
+    pub max_bytes: usize,
+}
+
+impl Default for FetchPolicy {
+    fn default() -> Self {
+        Self {
+            allow_http_loopback: false,
+            allow_private: false,
+            extra_roots: Vec::new(),
+            timeout: FETCH_TIMEOUT,
+            max_bytes: MAX_FETCH_BYTES,
+        }
+    }
+}
+
+/// Why a fetch did not return a body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("not a URL with a host")]
+    BadUrl,
+    #[error("scheme must be https (http only to loopback with the danger switch)")]
+    Scheme,
+    #[error("cannot resolve the host: {0}")]
+    Resolve(String),
+    #[error("address {ip} refused: {why}")]
+    Address { ip: IpAddr, why: AddressRefused },
+    #[error("redirects are not followed")]
+    Redirect,
+    #[error("status {0}")]
+    Status(u16),
+    #[error("response over {0} bytes")]
+    TooLarge(usize),
+    #[error("timed out")]
+    Timeout,
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+fn is_loopback_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => *d == "localhost",
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
+/// Fetches `url` under `policy`. Nothing is connected to before every address the host
+/// resolves to has been checked.
+pub async fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchError> {
+    let parsed = url::Url::parse(url).map_err(|_| FetchError::BadUrl)?;
+    let host = parsed.host().ok_or(FetchError::BadUrl)?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if policy.allow_http_loopback && is_loopback_host(&host) => {}
+        _ => return Err(FetchError::Scheme),
+    }
+    let port = parsed.port_or_known_default().ok_or(FetchError::BadUrl)?;
+    let host_str = parsed.host_str().ok_or(FetchError::BadUrl)?.to_owned();
+
+    // Resolve, then check every address: a name that resolves to one public and one
+    // metadata address is refused, not raced.
+    let addrs: Vec<SocketAddr> = match host {
+        url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
+        url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
+        url::Host::Domain(d) => {
+            tokio::time::timeout(policy.timeout, tokio::net::lookup_host((d, port)))
+                .await
+                .map_err(|_| FetchError::Timeout)?
+                .map_err(|e| FetchError::Resolve(e.to_string()))?
+                .collect()
+        }
+    };
+    let first = *addrs
+        .first()
+        .ok_or_else(|| FetchError::Resolve("no addresses".into()))?;
+    for a in &addrs {
+        check_address(a.ip(), policy.allow_private)
+            .map_err(|why| FetchError::Address { ip: a.ip(), why })?;
+    }
+
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(policy.timeout)
+        .connect_timeout(policy.timeout)
+        .tls_version_min(reqwest::tls::Version::TLS_1_2)
+        .https_only(parsed.scheme() == "https")
+        .no_proxy()
+        // Connect to the address we checked, whatever DNS says next.
+        .resolve(&host_str, first);
+    for root in &policy.extra_roots {
+        let cert = reqwest::Certificate::from_der(root.as_ref())
+            .map_err(|e| FetchError::Transport(e.to_string()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder
+        .build()
+        .map_err(|e| FetchError::Transport(e.to_string()))?;
+    let transport = |e: reqwest::Error| {
+        if e.is_timeout() {
+            FetchError::Timeout
+        } else {
+            FetchError::Transport(e.to_string())
+        }
+    };
+    let mut resp = client.get(parsed).send().await.map_err(transport)?;
+    let status = resp.status();
+    if status.is_redirection() {
+        return Err(FetchError::Redirect);
+    }
+    if status.as_u16() != 200 {
+        return Err(FetchError::Status(status.as_u16()));
+    }
+    if resp
+        .content_length()
+        .is_some_and(|n| n > policy.max_bytes as u64)
+    {
+        return Err(FetchError::TooLarge(policy.max_bytes));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > policy.max_bytes {
+            return Err(FetchError::TooLarge(policy.max_bytes));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
