@@ -112,10 +112,6 @@ struct RawTrustDomain {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(
-    dead_code,
-    reason = "read once federation lands; parsed now so configs validate"
-)]
 struct RawBundleEndpoint {
     url: String,
     profile: String,
@@ -216,6 +212,16 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// `enforcer_ca` files of SPIFFE domains, by domain name.
     pub enforcer_cas: Vec<(String, PathBuf)>,
+    /// Domains whose bundles are fetched live.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// A SPIFFE bundle endpoint (`https_web` profile).
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub domain: String,
+    pub url: String,
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// One problem, located.
@@ -633,6 +639,7 @@ fn validate(
     let mut names = HashSet::new();
     let mut kinds = BTreeMap::new();
     let mut enforcer_cas = Vec::new();
+    let mut endpoints = Vec::new();
     for (i, td) in raw.trust_domain.iter().enumerate() {
         let at = |k: &'static str| [K("trust_domain"), I(i), K(k)];
         if !names.insert(td.name.clone()) || td.name == td_raw {
@@ -701,14 +708,42 @@ fn validate(
                 Err(e) => c.push(&at("jwks_file"), format!("{f}: {e}")),
             }
         }
-        if td.bundle_endpoint.is_some() {
-            c.push(
-                &at("bundle_endpoint"),
-                "live federation is not available in this build yet; use bundle_file or jwks_file",
-            );
+        if let Some(ep) = &td.bundle_endpoint {
+            let danger = raw
+                .danger
+                .as_ref()
+                .is_some_and(|d| d.allow_http_fetch_to_loopback);
+            match url::Url::parse(&ep.url) {
+                Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && danger && is_loopback_host(&u)) => {}
+                Ok(_) => c.push(&at("bundle_endpoint"), "url must be https (http only on loopback with [danger] allow_http_fetch_to_loopback)"),
+                Err(e) => c.push(&at("bundle_endpoint"), format!("url: {e}")),
+            }
+            match ep.profile.as_str() {
+                "https_web" => {
+                    if ep.spiffe_id.is_some() {
+                        c.push(
+                            &at("bundle_endpoint"),
+                            "spiffe_id applies to the https_spiffe profile only",
+                        );
+                    }
+                    endpoints.push(EndpointConfig {
+                        domain: td.name.clone(),
+                        url: ep.url.clone(),
+                        tls_ca: td.tls_ca.as_deref().map(resolve),
+                    });
+                }
+                "https_spiffe" => c.push(
+                    &at("bundle_endpoint"),
+                    "the https_spiffe profile is not available in this build yet; use https_web",
+                ),
+                other => c.push(
+                    &at("bundle_endpoint"),
+                    format!("profile {other:?} is not \"https_web\" or \"https_spiffe\""),
+                ),
+            }
         }
         if sources == 0 {
-            c.push(&at("name"), "needs keys: bundle_file or jwks_file (discovery is not available in this build yet)");
+            c.push(&at("name"), "needs keys: bundle_endpoint, bundle_file or jwks_file (OIDC discovery is not available in this build yet)");
         }
         static_keys.insert_domain(&td.name, keys);
         if let Some(ca) = &td.enforcer_ca {
@@ -986,6 +1021,7 @@ fn validate(
         boundaries,
         clients,
         enforcer_cas,
+        endpoints,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod federated;
 pub mod nodes;
 pub mod serve;
 pub mod server;

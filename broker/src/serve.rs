@@ -117,11 +117,18 @@ pub fn build(
         cfg.clock_skew,
     ));
 
+    let live = Arc::new(crate::federated::LiveBundles::new(
+        cfg.endpoints.iter().map(|e| e.domain.clone()),
+    ));
     let keys = Arc::new(BrokerKeySource::new(
         cfg.local_trust_domain.as_str().to_owned(),
         ring.clone(),
         clock.clone(),
-        Arc::new(cfg.static_keys.clone()),
+        Arc::new(crate::federated::FederatedKeys {
+            live: live.clone(),
+            fixed: cfg.static_keys.clone(),
+            clock: clock.clone(),
+        }),
     ));
     let validator = Validator::new(cfg.domains.clone(), keys, cfg.clock_skew);
     // Separate stores, separate budgets: a flood of unused nonces cannot crowd out the
@@ -158,6 +165,7 @@ pub fn build(
         node_status,
         admin_token,
         renewals: Arc::new(MemoryStore::new()),
+        live,
     }))
 }
 
@@ -232,6 +240,26 @@ pub async fn run_with(cfg: Config, admin_token: Option<AdminToken>) -> Result<()
     }
     let state = build(&cfg, clock, admin_token)?;
     let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
+    // Everything a refresher needs is read now, before binding: no half-start.
+    let mut fetch_policies = Vec::new();
+    for ep in &cfg.endpoints {
+        let extra_roots = match &ep.tls_ca {
+            Some(path) => {
+                use rustls_pki_types::CertificateDer;
+                use rustls_pki_types::pem::PemObject;
+                CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?
+            }
+            None => Vec::new(),
+        };
+        let policy = federation::fetch::FetchPolicy {
+            allow_http_loopback: cfg.allow_http_fetch_to_loopback,
+            extra_roots,
+            ..federation::fetch::FetchPolicy::default()
+        };
+        fetch_policies.push((ep.clone(), policy));
+    }
 
     let data = web::Data::from(state.clone());
     let server =
@@ -264,8 +292,22 @@ pub async fn run_with(cfg: Config, admin_token: Option<AdminToken>) -> Result<()
             maintain(&maint_state, &maint_cfg);
         }
     });
+    let refreshers: Vec<_> = fetch_policies
+        .into_iter()
+        .map(|(ep, policy)| {
+            actix_web::rt::spawn(crate::federated::refresh_loop(
+                state.live.clone(),
+                ep,
+                policy,
+                state.clock.clone(),
+            ))
+        })
+        .collect();
     let result = server.run().await;
     maintenance.abort();
+    for r in refreshers {
+        r.abort();
+    }
     tracing::info!("trustbroker stopped");
     result.map_err(ServeError::Io)
 }

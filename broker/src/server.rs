@@ -54,6 +54,7 @@ pub struct AppState {
     pub node_status: Arc<crate::nodes::StoreNodeStatus>,
     pub admin_token: Option<AdminToken>,
     pub renewals: Arc<token_exchange::state::MemoryStore>,
+    pub live: Arc<crate::federated::LiveBundles>,
 }
 
 impl std::fmt::Debug for AppState {

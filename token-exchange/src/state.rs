@@ -80,6 +80,13 @@ impl StaticKeys {
     }
 }
 
+impl StaticKeys {
+    /// The key `kid` of `domain`, if configured.
+    pub fn get(&self, domain: &str, kid: &str) -> Option<Arc<Jwk>> {
+        self.keys.get(domain).and_then(|d| d.get(kid)).cloned()
+    }
+}
+
 impl KeySource for StaticKeys {
     fn jwt_key<'a>(
         &'a self,

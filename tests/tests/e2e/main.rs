@@ -9,6 +9,7 @@
 )]
 
 mod attestation;
+mod federate;
 mod fetch;
 mod google_auth;
 mod hostile;

@@ -1,0 +1,162 @@
+//! A broker following a foreign domain's SPIFFE bundle endpoint (plain http on loopback
+//! under the danger switch, for tests).
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+use serde_json::{Value, json};
+use trustbroker_tests::broker::{Broker, free_port};
+use trustbroker_tests::issuers::*;
+
+/// Serves `body` as the bundle at any path.
+fn bundle_server(body: String) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+fn config(endpoint: &str) -> String {
+    format!(
+        r#"issuer = "http://127.0.0.1:{{PORT}}"
+listen = "127.0.0.1:{{PORT}}"
+[state]
+path = "state"
+[danger]
+allow_http_fetch_to_loopback = true
+[[trust_domain]]
+name = "cluster-a.example"
+bundle_endpoint = {{ url = "{endpoint}", profile = "https_web" }}
+[[boundary]]
+name = "payments"
+from = "cluster-a.example"
+subjects = ["spiffe://cluster-a.example/ns/payments/sa/*"]
+audiences = ["https://payments.example/api"]
+scopes = ["payments.read"]
+attestation = "none"
+"#
+    )
+}
+
+fn exchange(b: &Broker, key: &IssuerKey) -> u16 {
+    let claims = json!({"sub": "spiffe://cluster-a.example/ns/payments/sa/api", "aud": [b.base], "iat": now(), "exp": now() + 300});
+    let svid = key.token(&json!({"alg": "ES256", "kid": "c1"}), &claims);
+    reqwest::blocking::Client::new()
+        .post(b.url("/token"))
+        .form(&[
+            ("grant_type", TE),
+            ("subject_token", &svid),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "https://payments.example/api"),
+        ])
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn refresh_lines(b: &Broker) -> Vec<Value> {
+    b.audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "bundle_refresh")
+        .collect()
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn keys_come_from_the_bundle_endpoint_and_each_change_is_audited() {
+    // 1. A foreign domain serves its bundle, with one key of an unknown use.
+    let key = IssuerKey::es256();
+    let mut bundle: Value = serde_json::from_str(&key.bundle_json("c1")).unwrap();
+    bundle["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"use": "x-future", "kty": "EC"}));
+    let port = bundle_server(bundle.to_string());
+
+    // 2. The broker fetches it at start and accepts tokens signed by its key.
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(
+        dir.path(),
+        &config(&format!("http://127.0.0.1:{port}/bundle")),
+        free_port(),
+    );
+    wait_for(|| !refresh_lines(&b).is_empty());
+    assert_eq!(exchange(&b, &key), 200, "{}", b.log());
+
+    // 3. The audit log shows the change and the skipped key, with reasons.
+    let lines = refresh_lines(&b);
+    assert!(
+        lines.iter().any(|l| l["decision"] == "allow"
+            && l["reason"] == "ok"
+            && l["domain"] == "cluster-a.example"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l["reason"] == "key_skipped"),
+        "{lines:?}"
+    );
+
+    // 4. Another key never validates.
+    assert_eq!(exchange(&b, &IssuerKey::es256()), 400);
+}
+
+#[test]
+fn a_dead_endpoint_means_no_keys_and_a_logged_failure() {
+    let dead = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(
+        dir.path(),
+        &config(&format!("http://127.0.0.1:{dead}/bundle")),
+        free_port(),
+    );
+    wait_for(|| !refresh_lines(&b).is_empty());
+    assert_eq!(exchange(&b, &IssuerKey::es256()), 400);
+    let lines = refresh_lines(&b);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["decision"] == "deny" && l["reason"] == "fetch_failed"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_bundle_endpoint_must_be_https_without_the_danger_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.toml");
+    std::fs::write(
+        &path,
+        config("http://127.0.0.1:9/bundle").replace(
+            "allow_http_fetch_to_loopback = true",
+            "allow_http_fetch_to_loopback = false",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(trustbroker_tests::broker::binary())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trust_domain[0].bundle_endpoint"));
+}
