@@ -438,3 +438,86 @@ fn revoking_a_node_cancels_its_pending_join_tokens_and_never_reuses_a_version() 
         412
     );
 }
+
+#[test]
+fn enrollment_and_admin_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster-a.bundle.json"),
+        IssuerKey::es256().bundle_json("c1"),
+    )
+    .unwrap();
+    let http = reqwest::blocking::Client::new();
+
+    // Without an admin token configured, the admin API is off.
+    let off = Broker::start(dir.path(), &config(&"0".repeat(64)), free_port());
+    let r = http
+        .post(off.url("/admin/v1/join-tokens"))
+        .bearer_auth("anything")
+        .json(&json!({"node": "n"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    drop(off);
+
+    let b = Broker::start_admin(dir.path(), &config(&"0".repeat(64)), free_port(), ADMIN);
+    // Wrong token: 401 with a Bearer challenge.
+    let r = http
+        .post(b.url("/admin/v1/join-tokens"))
+        .bearer_auth("wrong")
+        .json(&json!({"node": "n"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    // Node names and TTLs are checked.
+    for body in [
+        json!({"node": "Bad/Name"}),
+        json!({"node": ".."}),
+        json!({"node": "n", "ttl": "48h"}),
+        json!({"node": "n", "ttl": "soon"}),
+        json!({"nod": "n"}),
+    ] {
+        let r = http
+            .post(b.url("/admin/v1/join-tokens"))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+    }
+    // Enrollment: unknown token → 401; a valid token with a garbage CSR → 400, and the
+    // token is spent (single use even when the request fails after taking it).
+    let r = http
+        .post(b.url("/v1/enroll"))
+        .json(&json!({"join_token": "nope", "csr": "AAAA"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let t = join_token(&b, "n5");
+    let r = http
+        .post(b.url("/v1/enroll"))
+        .json(&json!({"join_token": t, "csr": "AAAA"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(b.url("/v1/enroll"))
+        .json(&json!({"join_token": t, "csr": "AAAA"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Oversized bodies and malformed renewals are refused.
+    let r = http
+        .post(b.url("/v1/enroll"))
+        .body(vec![b'{'; 20_000])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(b.url("/v1/renew"))
+        .json(&json!({"renewal": "a.b.c"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
