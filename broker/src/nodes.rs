@@ -151,20 +151,26 @@ impl NodeCa {
         .map_err(|e| e.to_string())
     }
 
-    /// Issues a node certificate for the key in `csr` (whose signature proves possession),
-    /// naming `spiffe://<td>/enforcer/<node>` whatever the CSR asks for.
-    pub fn issue(
-        &self,
-        csr_der: &[u8],
-        node: &str,
-        now: UnixTime,
-    ) -> Result<(CertificateDer<'static>, u64), String> {
+    /// Parses a CSR, verifying its signature (proof of possession) and that the key is
+    /// P-256, the node-key algorithm.
+    pub fn parse_csr(csr_der: &[u8]) -> Result<CertificateSigningRequestParams, String> {
         let csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| format!("csr: {e}"))?;
         if !std::ptr::eq(csr.public_key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256) {
             return Err("csr: the node key must be EC P-256".into());
         }
+        Ok(csr)
+    }
+
+    /// Issues a node certificate for the key in `csr`, naming
+    /// `spiffe://<td>/enforcer/<node>` whatever the CSR asks for.
+    pub fn issue(
+        &self,
+        csr: &CertificateSigningRequestParams,
+        node: &str,
+        now: UnixTime,
+    ) -> Result<(CertificateDer<'static>, u64), String> {
         let id = format!("spiffe://{}{NODE_PATH_PREFIX}{node}", self.trust_domain);
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::CommonName, node);
@@ -364,6 +370,16 @@ pub async fn enroll(body: web::Bytes, state: web::Data<AppState>) -> HttpRespons
         audit_enroll("enroll", "deny", None, "invalid_request");
         return bad_request("csr is not base64");
     };
+    // The CSR is checked before the token is taken, so a client's malformed request does
+    // not spend its single-use token.
+    let csr = match NodeCa::parse_csr(&csr) {
+        Ok(c) => c,
+        Err(why) => {
+            audit_enroll("enroll", "deny", None, "invalid_request");
+            tracing::info!(error = %why, "enrollment refused");
+            return bad_request("the CSR is not acceptable");
+        }
+    };
     let now = state.clock.now();
     let token = match state.store.take_join_token(&digest_hex(&r.join_token)) {
         Ok(Some(t)) if t.expires_at > now.as_secs() => t,
@@ -523,6 +539,10 @@ pub async fn renew(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse
     }
     let Ok(csr) = STANDARD.decode(&claims.csr) else {
         return refuse("csr base64");
+    };
+    let csr = match NodeCa::parse_csr(&csr) {
+        Ok(c) => c,
+        Err(e) => return refuse(&e),
     };
     let (cert, not_after) = match state.node_ca.issue(&csr, &name, now) {
         Ok(c) => c,
