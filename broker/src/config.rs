@@ -216,12 +216,21 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
 }
 
-/// A SPIFFE bundle endpoint (`https_web` profile).
+/// A domain whose keys are fetched live.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub domain: String,
-    pub url: String,
+    pub source: EndpointSource,
     pub tls_ca: Option<PathBuf>,
+}
+
+/// Where live keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// A SPIFFE bundle endpoint, `https_web` profile.
+    SpiffeBundle { url: String },
+    /// OIDC discovery at `<issuer>/.well-known/openid-configuration`, then `jwks_uri`.
+    OidcDiscovery { issuer: String },
 }
 
 /// One problem, located.
@@ -728,7 +737,9 @@ fn validate(
                     }
                     endpoints.push(EndpointConfig {
                         domain: td.name.clone(),
-                        url: ep.url.clone(),
+                        source: EndpointSource::SpiffeBundle {
+                            url: ep.url.clone(),
+                        },
                         tls_ca: td.tls_ca.as_deref().map(resolve),
                     });
                 }
@@ -743,7 +754,18 @@ fn validate(
             }
         }
         if sources == 0 {
-            c.push(&at("name"), "needs keys: bundle_endpoint, bundle_file or jwks_file (OIDC discovery is not available in this build yet)");
+            match (&td.issuer, kind) {
+                // OIDC issuers and peer brokers publish their keys through discovery.
+                (Some(issuer), DomainKind::Oidc | DomainKind::Broker) => endpoints.push(EndpointConfig {
+                    domain: td.name.clone(),
+                    source: EndpointSource::OidcDiscovery { issuer: issuer.clone() },
+                    tls_ca: td.tls_ca.as_deref().map(resolve),
+                }),
+                (Some(_), _) | (None, _) => c.push(
+                    &at("name"),
+                    "needs keys: bundle_endpoint, bundle_file or jwks_file (or an issuer, for oidc and broker domains)",
+                ),
+            }
         }
         static_keys.insert_domain(&td.name, keys);
         if let Some(ca) = &td.enforcer_ca {

@@ -11,7 +11,36 @@ use federation::held::{Accepted, HeldBundle};
 use token_exchange::state::{BoxFuture, KeySource, StateError, StaticKeys};
 use trust_bundles::{Clock, Jwk, SpiffeBundle};
 
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, EndpointSource};
+
+/// How often OIDC keys are refetched (cache headers are not read yet).
+const OIDC_REFRESH: Duration = Duration::from_secs(300);
+
+/// One fetch of a domain's keys, as a bundle.
+async fn fetch_keys(source: &EndpointSource, policy: &FetchPolicy) -> Result<SpiffeBundle, String> {
+    match source {
+        EndpointSource::SpiffeBundle { url } => {
+            let bytes = fetch(url, policy).await.map_err(|e| e.to_string())?;
+            SpiffeBundle::parse(&bytes).map_err(|e| e.to_string())
+        }
+        EndpointSource::OidcDiscovery { issuer } => {
+            let doc_url = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            let doc = fetch(&doc_url, policy)
+                .await
+                .map_err(|e| format!("discovery: {e}"))?;
+            let jwks_uri = federation::oidc::jwks_uri(&doc, issuer).map_err(|e| e.to_string())?;
+            // The JWKS is fetched under the same rules as the document: https (or
+            // loopback http with the switch), checked addresses, no redirects.
+            let jwks = fetch(&jwks_uri, policy)
+                .await
+                .map_err(|e| format!("jwks: {e}"))?;
+            federation::oidc::jwks_bundle(&jwks, OIDC_REFRESH).map_err(|e| e.to_string())
+        }
+    }
+}
 
 /// Bundles fetched live, by domain name.
 #[derive(Debug, Default)]
@@ -102,10 +131,7 @@ pub async fn refresh_loop(
             actix_web::rt::time::sleep(wait.min(Duration::from_secs(3600))).await;
             continue;
         }
-        let result = match fetch(&endpoint.url, &policy).await {
-            Ok(bytes) => SpiffeBundle::parse(&bytes).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let result = fetch_keys(&endpoint.source, &policy).await;
         let now = clock.now();
         match result {
             Ok(bundle) => {

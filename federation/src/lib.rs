@@ -12,4 +12,5 @@
 #[cfg(feature = "net")]
 pub mod fetch;
 pub mod held;
+pub mod oidc;
 pub mod outbound;

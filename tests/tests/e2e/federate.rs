@@ -160,3 +160,111 @@ fn a_bundle_endpoint_must_be_https_without_the_danger_switch() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("trust_domain[0].bundle_endpoint"));
 }
+
+/// Serves an OIDC discovery document and a JWKS on loopback; returns the issuer URL.
+fn oidc_server(jwks: String, issuer_override: Option<&str>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+    let doc = json!({
+        "issuer": issuer_override.unwrap_or(&issuer),
+        "jwks_uri": format!("{issuer}/jwks"),
+        "response_types_supported": ["id_token"],
+    })
+    .to_string();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let body = if req.starts_with("GET /.well-known/openid-configuration ") {
+                &doc
+            } else if req.starts_with("GET /jwks ") {
+                &jwks
+            } else {
+                ""
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    issuer
+}
+
+fn oidc_config(issuer: &str) -> String {
+    format!(
+        r#"issuer = "http://127.0.0.1:{{PORT}}"
+listen = "127.0.0.1:{{PORT}}"
+[state]
+path = "state"
+[danger]
+allow_http_fetch_to_loopback = true
+[[trust_domain]]
+name = "github-actions"
+kind = "oidc"
+issuer = "{issuer}"
+[[boundary]]
+name = "deploy"
+from = "github-actions"
+subjects = ["github-actions#repo:acme/**"]
+audiences = ["https://payments.example/api"]
+scopes = ["deploy"]
+claims = {{ repository = "acme/*", ref = "refs/heads/main" }}
+attestation = "none"
+"#
+    )
+}
+
+fn github_exchange(b: &Broker, key: &IssuerKey, issuer: &str) -> u16 {
+    // The layout of a GitHub Actions OIDC token.
+    let claims = json!({
+        "iss": issuer, "aud": b.base, "sub": "repo:acme/app:ref:refs/heads/main",
+        "repository": "acme/app", "repository_owner": "acme", "ref": "refs/heads/main",
+        "workflow": "deploy", "event_name": "push", "runner_environment": "github-hosted",
+        "iat": now(), "nbf": now(), "exp": now() + 300, "jti": "gh-1",
+    });
+    let token = key.token(&json!({"alg": "RS256", "kid": "g1", "typ": "JWT"}), &claims);
+    reqwest::blocking::Client::new()
+        .post(b.url("/token"))
+        .form(&[
+            ("grant_type", TE),
+            ("subject_token", &token),
+            ("subject_token_type", ID_TYPE),
+            ("audience", "https://payments.example/api"),
+        ])
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn an_oidc_issuer_is_followed_through_discovery() {
+    let key = IssuerKey::rs256();
+    let issuer = oidc_server(key.jwks_json("g1"), None);
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), &oidc_config(&issuer), free_port());
+    wait_for(|| !refresh_lines(&b).is_empty());
+    assert_eq!(github_exchange(&b, &key, &issuer), 200, "{}", b.log());
+    // A look-alike issuer in the token is an unknown issuer.
+    assert_eq!(github_exchange(&b, &key, &format!("{issuer}/")), 400);
+}
+
+#[test]
+fn a_discovery_document_naming_another_issuer_is_refused() {
+    let key = IssuerKey::rs256();
+    let issuer = oidc_server(key.jwks_json("g1"), Some("https://evil.example"));
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), &oidc_config(&issuer), free_port());
+    wait_for(|| !refresh_lines(&b).is_empty());
+    assert_eq!(github_exchange(&b, &key, &issuer), 400);
+    let lines = refresh_lines(&b);
+    assert!(
+        lines.iter().any(|l| l["reason"] == "fetch_failed"
+            && l["detail"].as_str().unwrap_or("").contains("issuer")),
+        "{lines:?}"
+    );
+}
