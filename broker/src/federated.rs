@@ -9,7 +9,8 @@ use std::time::Duration;
 use federation::fetch::{FetchPolicy, fetch};
 use federation::held::{Accepted, HeldBundle};
 use token_exchange::state::{BoxFuture, KeySource, StateError, StaticKeys};
-use trust_bundles::{Clock, Jwk, SpiffeBundle};
+use tokio::sync::{Notify, watch};
+use trust_bundles::{Clock, Jwk, SpiffeBundle, UnixTime};
 
 use crate::config::{EndpointConfig, EndpointSource};
 
@@ -42,37 +43,90 @@ async fn fetch_keys(source: &EndpointSource, policy: &FetchPolicy) -> Result<Spi
     }
 }
 
+/// How often an unknown `kid` may trigger a refetch, per domain (SPEC §7).
+pub const UNKNOWN_KID_REFETCH_EVERY: Duration = Duration::from_secs(30);
+/// How long a request waits for an on-demand refetch.
+const REFETCH_WAIT: Duration = Duration::from_secs(5);
+
+/// One live domain: its held bundle and the machinery of on-demand refetches.
+#[derive(Debug)]
+struct Slot {
+    held: HeldBundle,
+    last_on_demand: Option<UnixTime>,
+    in_flight: bool,
+    wake: Arc<Notify>,
+    done: watch::Sender<u64>,
+}
+
 /// Bundles fetched live, by domain name.
 #[derive(Debug, Default)]
 pub struct LiveBundles {
-    domains: RwLock<HashMap<String, HeldBundle>>,
+    domains: RwLock<HashMap<String, Slot>>,
+}
+
+/// What a request for an unknown `kid` may do.
+enum Refetch {
+    /// Wait for the fetch in flight (started now or by another request).
+    Wait(watch::Receiver<u64>),
+    /// Too soon after the last on-demand refetch: answer from what is held.
+    No,
 }
 
 impl LiveBundles {
     pub fn new(domains: impl IntoIterator<Item = String>) -> Self {
+        let slots = domains
+            .into_iter()
+            .map(|d| {
+                let slot = Slot {
+                    held: HeldBundle::default(),
+                    last_on_demand: None,
+                    in_flight: false,
+                    wake: Arc::new(Notify::new()),
+                    done: watch::channel(0).0,
+                };
+                (d, slot)
+            })
+            .collect();
         Self {
-            domains: RwLock::new(
-                domains
-                    .into_iter()
-                    .map(|d| (d, HeldBundle::default()))
-                    .collect(),
-            ),
+            domains: RwLock::new(slots),
         }
     }
 
-    fn with<T>(&self, domain: &str, f: impl FnOnce(&mut HeldBundle) -> T) -> Option<T> {
+    fn with<T>(&self, domain: &str, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
         let mut map = self.domains.write().unwrap_or_else(PoisonError::into_inner);
         map.get_mut(domain).map(f)
     }
 
-    fn lookup(&self, domain: &str, kid: &str, clock: &dyn Clock) -> Option<Option<Arc<Jwk>>> {
+    fn lookup(&self, domain: &str, kid: &str, now: UnixTime) -> Option<Option<Arc<Jwk>>> {
         let map = self.domains.read().unwrap_or_else(PoisonError::into_inner);
-        map.get(domain).map(|held| {
-            held.usable(clock.now())
+        map.get(domain).map(|slot| {
+            slot.held
+                .usable(now)
                 .and_then(|b| b.jwt_authority(kid))
                 .cloned()
                 .map(Arc::new)
         })
+    }
+
+    /// An unknown `kid` for `domain` at `now`: start a refetch if none ran in the last
+    /// 30 s, or join the one in flight (single flight: one fetch however many ask).
+    fn request_refetch(&self, domain: &str, now: UnixTime) -> Refetch {
+        self.with(domain, |slot| {
+            if slot.in_flight {
+                return Refetch::Wait(slot.done.subscribe());
+            }
+            let allowed = slot
+                .last_on_demand
+                .is_none_or(|t| now.saturating_since(t) >= UNKNOWN_KID_REFETCH_EVERY);
+            if !allowed {
+                return Refetch::No;
+            }
+            slot.in_flight = true;
+            slot.last_on_demand = Some(now);
+            slot.wake.notify_one();
+            Refetch::Wait(slot.done.subscribe())
+        })
+        .unwrap_or(Refetch::No)
     }
 }
 
@@ -95,11 +149,22 @@ impl KeySource for FederatedKeys {
         domain: &'a str,
         kid: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Jwk>>, StateError>> {
-        let found = match self.live.lookup(domain, kid, self.clock.as_ref()) {
-            Some(live) => live,
-            None => self.fixed.get(domain, kid),
-        };
-        Box::pin(async move { Ok(found) })
+        Box::pin(async move {
+            let now = self.clock.now();
+            match self.live.lookup(domain, kid, now) {
+                None => Ok(self.fixed.get(domain, kid)),
+                Some(Some(key)) => Ok(Some(key)),
+                // A key we do not hold: perhaps the domain rotated. Refetch (at most once
+                // per 30 s, one fetch for all askers), then look again.
+                Some(None) => match self.live.request_refetch(domain, now) {
+                    Refetch::No => Ok(None),
+                    Refetch::Wait(mut rx) => {
+                        let _ = actix_web::rt::time::timeout(REFETCH_WAIT, rx.changed()).await;
+                        Ok(self.live.lookup(domain, kid, self.clock.now()).flatten())
+                    }
+                },
+            }
+        })
     }
 }
 
@@ -123,12 +188,20 @@ pub async fn refresh_loop(
     clock: Arc<dyn Clock>,
 ) {
     let domain = endpoint.domain.clone();
+    let Some(wake) = live.with(&domain, |s| s.wake.clone()) else {
+        return;
+    };
     loop {
         let now = clock.now();
-        let next = live.with(&domain, |h| h.next_refresh(now)).unwrap_or(now);
+        let (next, on_demand) = live
+            .with(&domain, |s| (s.held.next_refresh(now), s.in_flight))
+            .unwrap_or((now, false));
         let wait = next.saturating_since(now);
-        if !wait.is_zero() {
-            actix_web::rt::time::sleep(wait.min(Duration::from_secs(3600))).await;
+        if !wait.is_zero() && !on_demand {
+            tokio::select! {
+                () = actix_web::rt::time::sleep(wait.min(Duration::from_secs(3600))) => {}
+                () = wake.notified() => {}
+            }
             continue;
         }
         let result = fetch_keys(&endpoint.source, &policy).await;
@@ -145,7 +218,7 @@ pub async fn refresh_loop(
                         seq,
                     );
                 }
-                match live.with(&domain, |h| h.offer(bundle, now)) {
+                match live.with(&domain, |s| s.held.offer(bundle, now)) {
                     Some(Ok(Accepted::Unchanged)) => {}
                     Some(Ok(Accepted::Changed {
                         added_kids,
@@ -171,9 +244,14 @@ pub async fn refresh_loop(
                 }
             }
             Err(why) => {
-                live.with(&domain, |h| h.fetch_failed(now));
+                live.with(&domain, |s| s.held.fetch_failed(now));
                 audit(&domain, "deny", "fetch_failed", &why, None);
             }
         }
+        // Release everyone waiting on this fetch.
+        live.with(&domain, |s| {
+            s.in_flight = false;
+            s.done.send_modify(|g| *g = g.wrapping_add(1));
+        });
     }
 }

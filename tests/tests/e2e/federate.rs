@@ -268,3 +268,83 @@ fn a_discovery_document_naming_another_issuer_is_refused() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn an_unknown_kid_refetches_once_and_a_flood_of_bogus_kids_fetches_nothing_more() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    // 1. A bundle server whose content can change, counting fetches.
+    let old = IssuerKey::es256();
+    let new = IssuerKey::es256();
+    let body = Arc::new(Mutex::new(old.bundle_json("c1")));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (b2, h2) = (body.clone(), hits.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            h2.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = b2.lock().unwrap().clone();
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(
+        dir.path(),
+        &config(&format!("http://127.0.0.1:{port}/bundle")),
+        free_port(),
+    );
+    wait_for(|| !refresh_lines(&b).is_empty());
+    assert_eq!(exchange(&b, &old), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // 2. The domain rotates to a new key (kid c2); the first token signed by it makes the
+    // broker refetch at once, and it validates.
+    let mut rotated: Value = serde_json::from_str(&old.bundle_json("c1")).unwrap();
+    let mut k2: Value = serde_json::from_str(&new.bundle_json("c2")).unwrap();
+    rotated["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(k2["keys"][0].take());
+    rotated["spiffe_sequence"] = 2.into();
+    *body.lock().unwrap() = rotated.to_string();
+    let claims = json!({"sub": "spiffe://cluster-a.example/ns/payments/sa/api", "aud": [b.base], "iat": now(), "exp": now() + 300});
+    let send = |kid: &str, key: &IssuerKey| {
+        let svid = key.token(&json!({"alg": "ES256", "kid": kid}), &claims);
+        reqwest::blocking::Client::new()
+            .post(b.url("/token"))
+            .form(&[
+                ("grant_type", TE),
+                ("subject_token", svid.as_str()),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", "https://payments.example/api"),
+            ])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(send("c2", &new), 200, "{}", b.log());
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // 3. Many tokens with bogus kids, at once: no further fetch within 30 s.
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..40)
+            .map(|i| {
+                let send = &send;
+                let new = &new;
+                sc.spawn(move || send(&format!("bogus-{i}"), new))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 400), "{statuses:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
