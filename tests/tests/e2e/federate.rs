@@ -348,3 +348,136 @@ fn an_unknown_kid_refetches_once_and_a_flood_of_bogus_kids_fetches_nothing_more(
     assert!(statuses.iter().all(|s| *s == 400), "{statuses:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_token_crosses_two_brokers_narrowing_at_each_and_max_hops_stops_a_third() {
+    // 1. Domain cluster-a → broker A → broker B (which federates with A as kind "broker").
+    let cluster = IssuerKey::es256();
+    let (pa, pb) = (free_port(), free_port());
+    let (a_iss, b_iss) = (
+        format!("http://127.0.0.1:{pa}"),
+        format!("http://127.0.0.1:{pb}"),
+    );
+    let da = tempfile::tempdir().unwrap();
+    std::fs::write(
+        da.path().join("cluster-a.bundle.json"),
+        cluster.bundle_json("c1"),
+    )
+    .unwrap();
+    let a_cfg = format!(
+        r#"issuer = "{a_iss}"
+listen = "127.0.0.1:{pa}"
+local_trust_domain = "broker-a.test"
+[state]
+path = "state"
+[[trust_domain]]
+name = "cluster-a.example"
+bundle_file = "cluster-a.bundle.json"
+[[boundary]]
+name = "a-to-b"
+from = "cluster-a.example"
+subjects = ["spiffe://cluster-a.example/**"]
+audiences = ["{b_iss}"]
+scopes = ["payments.read", "payments.write", "payments.admin"]
+max_ttl = "10m"
+attestation = "none"
+"#
+    );
+    let a = Broker::start(da.path(), &a_cfg, pa);
+    let db = tempfile::tempdir().unwrap();
+    let b_cfg = format!(
+        r#"issuer = "{b_iss}"
+listen = "127.0.0.1:{pb}"
+local_trust_domain = "broker-b.test"
+[state]
+path = "state"
+[danger]
+allow_http_fetch_to_loopback = true
+[[trust_domain]]
+name = "broker-a"
+kind = "broker"
+issuer = "{a_iss}"
+[[boundary]]
+name = "b-to-ledger"
+from = "broker-a"
+subjects = ["spiffe://cluster-a.example/**"]
+audiences = ["https://ledger.example", "{b_iss}"]
+scopes = ["payments.read", "payments.write"]
+max_ttl = "20m"
+attestation = "none"
+max_hops = 2
+[[boundary]]
+name = "b-again"
+from = "broker-b.test"
+subjects = ["spiffe://cluster-a.example/**"]
+audiences = ["https://ledger.example"]
+scopes = ["payments.read"]
+attestation = "none"
+max_hops = 2
+"#
+    );
+    let b = Broker::start(db.path(), &b_cfg, pb);
+    wait_for(|| !refresh_lines(&b).is_empty());
+
+    let http = reqwest::blocking::Client::new();
+    let post = |broker: &Broker, token: &str, tt: &str, aud: &str, scope: &str| -> Value {
+        http.post(broker.url("/token"))
+            .form(&[
+                ("grant_type", TE),
+                ("subject_token", token),
+                ("subject_token_type", tt),
+                ("audience", aud),
+                ("scope", scope),
+            ])
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+
+    // 2. Crossing 1, at A: three scopes allowed, two asked.
+    let claims = json!({"sub": "spiffe://cluster-a.example/ns/payments/sa/api", "aud": [a_iss], "iat": now(), "exp": now() + 3600});
+    let svid = cluster.token(&json!({"alg": "ES256", "kid": "c1"}), &claims);
+    let at_a = post(&a, &svid, JWT_TYPE, &b_iss, "payments.read payments.write");
+    let ta = at_a["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{at_a}"))
+        .to_owned();
+    let ca = decode_part(&ta, 1);
+
+    // 3. Crossing 2, at B: B learned A's keys through discovery; the scope narrows again
+    // and the life never grows (B allows 20 min, A's token has at most 10 left).
+    let at_b = post(
+        &b,
+        &ta,
+        AT_TYPE,
+        "https://ledger.example",
+        "payments.read payments.admin",
+    );
+    assert_eq!(at_b["scope"], "payments.read", "{at_b}");
+    let cb = decode_part(at_b["access_token"].as_str().unwrap(), 1);
+    assert!(cb["exp"].as_u64() <= ca["exp"].as_u64());
+    let crossings: Vec<&str> = cb["crossings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["boundary"].as_str().unwrap())
+        .collect();
+    assert_eq!(crossings, ["a-to-b", "b-to-ledger"]);
+    assert_eq!(cb["crossings"][0]["iss"], a_iss.as_str());
+    assert_eq!(cb["crossings"][1]["iss"], b_iss.as_str());
+
+    // 4. A third crossing (back through B for B itself, then on) exceeds max_hops = 2.
+    let to_b = post(&b, &ta, AT_TYPE, &b_iss, "payments.read");
+    let tb = to_b["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{to_b}"))
+        .to_owned();
+    let third = post(&b, &tb, AT_TYPE, "https://ledger.example", "payments.read");
+    assert_eq!(third["error"], "invalid_request", "{third}");
+    assert!(
+        b.audit_lines()
+            .iter()
+            .any(|l| l["detail"].as_str().unwrap_or("").contains("max_hops"))
+    );
+}
