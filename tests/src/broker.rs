@@ -13,6 +13,10 @@ pub fn binary() -> PathBuf {
 }
 
 /// A workspace binary next to the test executables, built on demand when missing.
+///
+/// `cargo test --workspace` rebuilds these binaries before any test runs. Run alone
+/// (`cargo test -p trustbroker-tests`), an existing but stale binary is used as it is:
+/// build the workspace first when product code changed.
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();

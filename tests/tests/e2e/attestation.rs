@@ -486,27 +486,38 @@ fn enrollment_and_admin_refusals() {
             .unwrap();
         assert_eq!(r.status(), 400, "{body}");
     }
-    // Enrollment: unknown token → 401; a valid token with a garbage CSR → 400, and the
-    // token is spent (single use even when the request fails after taking it).
-    let r = http
-        .post(b.url("/v1/enroll"))
-        .json(&json!({"join_token": "nope", "csr": "AAAA"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    // Enrollment: a garbage CSR → 400 without spending the token, which still enrolls;
+    // an unknown or spent token → 401.
+    let enroll_with = |token: &str, csr: &str| {
+        http.post(b.url("/v1/enroll"))
+            .json(&json!({"join_token": token, "csr": csr}))
+            .send()
+            .unwrap()
+            .status()
+    };
     let t = join_token(&b, "n5");
-    let r = http
-        .post(b.url("/v1/enroll"))
-        .json(&json!({"join_token": t, "csr": "AAAA"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = http
-        .post(b.url("/v1/enroll"))
-        .json(&json!({"join_token": t, "csr": "AAAA"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(enroll_with(&t, "AAAA"), 400);
+    enforcer::identity::Identity::enroll(
+        &b.base,
+        &t,
+        &dir.path().join("n5"),
+        &trust_bundles::SystemClock,
+    )
+    .unwrap();
+    for token in [t.as_str(), "nope"] {
+        assert_eq!(enroll_with(token, "AAAA"), 400, "the CSR is judged first");
+    }
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let csr = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        rcgen::CertificateParams::default()
+            .serialize_request(&kp)
+            .unwrap()
+            .der(),
+    );
+    for token in [t.as_str(), "nope"] {
+        assert_eq!(enroll_with(token, &csr), 401);
+    }
     // Oversized bodies and malformed renewals are refused.
     let r = http
         .post(b.url("/v1/enroll"))
