@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use trustbroker_tests::broker::{Broker, free_port};
@@ -271,8 +272,8 @@ fn a_discovery_document_naming_another_issuer_is_refused() {
 
 #[test]
 fn an_unknown_kid_refetches_once_and_a_flood_of_bogus_kids_fetches_nothing_more() {
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
     // 1. A bundle server whose content can change, counting fetches.
     let old = IssuerKey::es256();
     let new = IssuerKey::es256();
@@ -479,5 +480,92 @@ max_hops = 2
         b.audit_lines()
             .iter()
             .any(|l| l["detail"].as_str().unwrap_or("").contains("max_hops"))
+    );
+}
+
+/// An HTTPS server (rcgen certificate for 127.0.0.1 from a private CA) serving `body`;
+/// returns the port and the CA certificate PEM.
+fn https_bundle_server(body: String) -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap(),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(tcp) = s else { continue };
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 4096];
+            if tls.read(&mut buf).is_err() {
+                continue;
+            }
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (port, ca.pem())
+}
+
+#[test]
+fn an_https_bundle_endpoint_with_a_private_ca_is_trusted_only_through_tls_ca() {
+    let key = IssuerKey::es256();
+    let (port, ca_pem) = https_bundle_server(key.bundle_json("c1"));
+    let endpoint = format!("https://127.0.0.1:{port}/bundle");
+
+    // 1. With the domain's tls_ca, the broker fetches over TLS and accepts its tokens.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let cfg = config(&endpoint)
+        .replace(
+            "allow_http_fetch_to_loopback = true",
+            "allow_http_fetch_to_loopback = false",
+        )
+        .replace(
+            "profile = \"https_web\" }",
+            "profile = \"https_web\" }\ntls_ca = \"ca.pem\"",
+        );
+    let b = Broker::start(dir.path(), &cfg, free_port());
+    wait_for(|| !refresh_lines(&b).is_empty());
+    assert_eq!(exchange(&b, &key), 200, "{}", b.log());
+
+    // 2. Without it the certificate does not verify: no keys, a logged failure.
+    let dir2 = tempfile::tempdir().unwrap();
+    let cfg2 = config(&endpoint).replace(
+        "allow_http_fetch_to_loopback = true",
+        "allow_http_fetch_to_loopback = false",
+    );
+    let b2 = Broker::start(dir2.path(), &cfg2, free_port());
+    wait_for(|| !refresh_lines(&b2).is_empty());
+    assert_eq!(exchange(&b2, &key), 400);
+    assert!(
+        refresh_lines(&b2)
+            .iter()
+            .any(|l| l["reason"] == "fetch_failed")
     );
 }
