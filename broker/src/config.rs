@@ -222,13 +222,18 @@ pub struct EndpointConfig {
     pub domain: String,
     pub source: EndpointSource,
     pub tls_ca: Option<PathBuf>,
+    /// The configured bundle an `https_spiffe` endpoint is first authenticated with.
+    pub bootstrap: Option<SpiffeBundle>,
 }
 
 /// Where live keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointSource {
-    /// A SPIFFE bundle endpoint, `https_web` profile.
-    SpiffeBundle { url: String },
+    /// A SPIFFE bundle endpoint: `https_web` (no `spiffe_id`) or `https_spiffe`.
+    SpiffeBundle {
+        url: String,
+        spiffe_id: Option<SpiffeId>,
+    },
     /// OIDC discovery at `<issuer>/.well-known/openid-configuration`, then `jwks_uri`.
     OidcDiscovery { issuer: String },
 }
@@ -696,18 +701,28 @@ fn validate(
         .iter()
         .filter(|b| **b)
         .count();
-        if sources > 1 {
+        // https_spiffe bootstraps from a configured bundle: then bundle_file rides along.
+        let spiffe_profile = td
+            .bundle_endpoint
+            .as_ref()
+            .is_some_and(|e| e.profile == "https_spiffe");
+        let bootstrap_allowed = usize::from(spiffe_profile && td.bundle_file.is_some());
+        if sources > 1 + bootstrap_allowed {
             c.push(
                 &at("bundle_file"),
-                "give exactly one of bundle_file, jwks_file and bundle_endpoint",
+                "give exactly one of bundle_file, jwks_file and bundle_endpoint (https_spiffe: bundle_endpoint and its bootstrap bundle_file)",
             );
         }
         let mut keys: Vec<Jwk> = Vec::new();
+        let mut bootstrap = None;
         if let Some(f) = &td.bundle_file {
             match read_small(&resolve(f))
                 .and_then(|b| SpiffeBundle::parse(&b).map_err(|e| e.to_string()))
             {
-                Ok(b) => keys.extend(b.jwt_authorities().iter().map(|a| a.jwk.clone())),
+                Ok(b) => {
+                    keys.extend(b.jwt_authorities().iter().map(|a| a.jwk.clone()));
+                    bootstrap = Some(b);
+                }
                 Err(e) => c.push(&at("bundle_file"), format!("{f}: {e}")),
             }
         }
@@ -739,14 +754,32 @@ fn validate(
                         domain: td.name.clone(),
                         source: EndpointSource::SpiffeBundle {
                             url: ep.url.clone(),
+                            spiffe_id: None,
                         },
                         tls_ca: td.tls_ca.as_deref().map(resolve),
+                        bootstrap: None,
                     });
                 }
-                "https_spiffe" => c.push(
-                    &at("bundle_endpoint"),
-                    "the https_spiffe profile is not available in this build yet; use https_web",
-                ),
+                "https_spiffe" => {
+                    let id = ep.spiffe_id.as_deref().map(str::parse::<SpiffeId>);
+                    match (id, &bootstrap) {
+                        (Some(Ok(id)), Some(b)) if id.trust_domain_str() == td.name && !b.x509_authorities().is_empty() => {
+                            endpoints.push(EndpointConfig {
+                                domain: td.name.clone(),
+                                source: EndpointSource::SpiffeBundle {
+                                    url: ep.url.clone(),
+                                    spiffe_id: Some(id),
+                                },
+                                tls_ca: None,
+                                bootstrap: bootstrap.clone(),
+                            });
+                        }
+                        (Some(Ok(_)), Some(_)) => c.push(&at("bundle_endpoint"), "https_spiffe needs a spiffe_id in this trust domain and a bootstrap bundle_file with x509-svid authorities"),
+                        (Some(Err(e)), _) => c.push(&at("bundle_endpoint"), format!("spiffe_id: {e}")),
+                        (None, _) => c.push(&at("bundle_endpoint"), "https_spiffe needs the endpoint's spiffe_id"),
+                        (_, None) => c.push(&at("bundle_file"), "https_spiffe needs a bootstrap bundle_file"),
+                    }
+                }
                 other => c.push(
                     &at("bundle_endpoint"),
                     format!("profile {other:?} is not \"https_web\" or \"https_spiffe\""),
@@ -760,6 +793,7 @@ fn validate(
                     domain: td.name.clone(),
                     source: EndpointSource::OidcDiscovery { issuer: issuer.clone() },
                     tls_ca: td.tls_ca.as_deref().map(resolve),
+                    bootstrap: None,
                 }),
                 (Some(_), _) | (None, _) => c.push(
                     &at("name"),

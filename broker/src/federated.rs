@@ -18,10 +18,26 @@ use crate::config::{EndpointConfig, EndpointSource};
 const OIDC_REFRESH: Duration = Duration::from_secs(300);
 
 /// One fetch of a domain's keys, as a bundle.
-async fn fetch_keys(source: &EndpointSource, policy: &FetchPolicy) -> Result<SpiffeBundle, String> {
+async fn fetch_keys(
+    source: &EndpointSource,
+    policy: &FetchPolicy,
+    held: Option<SpiffeBundle>,
+) -> Result<SpiffeBundle, String> {
     match source {
-        EndpointSource::SpiffeBundle { url } => {
-            let bytes = fetch(url, policy).await.map_err(|e| e.to_string())?;
+        EndpointSource::SpiffeBundle { url, spiffe_id } => {
+            let mut policy = policy.clone();
+            if let Some(id) = spiffe_id {
+                // https_spiffe: the endpoint proves itself with an SVID of the bundle we
+                // hold now; never a fallback to WebPKI.
+                let bundle =
+                    held.ok_or("https_spiffe: no bundle held to authenticate the endpoint")?;
+                policy.spiffe = Some(federation::fetch::SpiffeEndpoint {
+                    trust_domain: id.trust_domain(),
+                    id: id.clone(),
+                    bundle,
+                });
+            }
+            let bytes = fetch(url, &policy).await.map_err(|e| e.to_string())?;
             SpiffeBundle::parse(&bytes).map_err(|e| e.to_string())
         }
         EndpointSource::OidcDiscovery { issuer } => {
@@ -73,12 +89,18 @@ enum Refetch {
 }
 
 impl LiveBundles {
-    pub fn new(domains: impl IntoIterator<Item = String>) -> Self {
+    /// Live domains, each with its bootstrap bundle when it has one.
+    pub fn new(
+        domains: impl IntoIterator<Item = (String, Option<SpiffeBundle>)>,
+        now: UnixTime,
+    ) -> Self {
         let slots = domains
             .into_iter()
-            .map(|d| {
+            .map(|(d, bootstrap)| {
                 let slot = Slot {
-                    held: HeldBundle::default(),
+                    held: bootstrap
+                        .map(|b| HeldBundle::bootstrapped(b, now))
+                        .unwrap_or_default(),
                     last_on_demand: None,
                     in_flight: false,
                     wake: Arc::new(Notify::new()),
@@ -204,7 +226,8 @@ pub async fn refresh_loop(
             }
             continue;
         }
-        let result = fetch_keys(&endpoint.source, &policy).await;
+        let held = live.with(&domain, |s| s.held.held().cloned()).flatten();
+        let result = fetch_keys(&endpoint.source, &policy, held).await;
         let now = clock.now();
         match result {
             Ok(bundle) => {

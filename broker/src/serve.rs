@@ -118,7 +118,10 @@ pub fn build(
     ));
 
     let live = Arc::new(crate::federated::LiveBundles::new(
-        cfg.endpoints.iter().map(|e| e.domain.clone()),
+        cfg.endpoints
+            .iter()
+            .map(|e| (e.domain.clone(), e.bootstrap.clone())),
+        clock.now(),
     ));
     let keys = Arc::new(BrokerKeySource::new(
         cfg.local_trust_domain.as_str().to_owned(),

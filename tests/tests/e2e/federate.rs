@@ -569,3 +569,149 @@ fn an_https_bundle_endpoint_with_a_private_ca_is_trusted_only_through_tls_ca() {
             .any(|l| l["reason"] == "fetch_failed")
     );
 }
+
+/// An https_spiffe bundle endpoint: its certificate is an X.509-SVID `id` issued by `ca`.
+fn spiffe_endpoint(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    id: &str,
+    body: String,
+) -> u16 {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap(),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(tcp) = s else { continue };
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 4096];
+            if tls.read(&mut buf).is_err() {
+                continue;
+            }
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    port
+}
+
+fn spiffe_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A bundle with `ca` as X.509 authority and `keys` as JWT authorities.
+fn spiffe_bundle(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    keys: &[(&IssuerKey, &str)],
+    seq: u64,
+) -> String {
+    let mut x509 = ec_jwk(ca.key().public_key_raw());
+    x509["use"] = "x509-svid".into();
+    x509["x5c"] = json!([base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        ca.der()
+    )]);
+    let mut all = vec![x509];
+    for (k, kid) in keys {
+        let b: Value = serde_json::from_str(&k.bundle_json(kid)).unwrap();
+        all.push(b["keys"][0].clone());
+    }
+    json!({"keys": all, "spiffe_sequence": seq}).to_string()
+}
+
+#[test]
+fn https_spiffe_endpoints_authenticate_by_svid_against_the_held_bundle() {
+    let ca = spiffe_ca();
+    let (old, new) = (IssuerKey::es256(), IssuerKey::es256());
+    let server_id = "spiffe://cluster-a.example/spire/server";
+    let served = spiffe_bundle(&ca, &[(&old, "c1"), (&new, "c2")], 2);
+    let honest = spiffe_endpoint(&ca, server_id, served.clone());
+    let impostor = spiffe_endpoint(&spiffe_ca(), server_id, served);
+
+    let start = |port: u16, id: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bootstrap.json"),
+            spiffe_bundle(&ca, &[(&old, "c1")], 1),
+        )
+        .unwrap();
+        let cfg = config(&format!("https://127.0.0.1:{port}/bundle"))
+            .replace("allow_http_fetch_to_loopback = true", "allow_http_fetch_to_loopback = false")
+            .replace("profile = \"https_web\" }", &format!("profile = \"https_spiffe\", spiffe_id = \"{id}\" }}\nbundle_file = \"bootstrap.json\""));
+        let b = Broker::start(dir.path(), &cfg, free_port());
+        wait_for(|| !refresh_lines(&b).is_empty());
+        (b, dir)
+    };
+
+    // 1. The endpoint's SVID verifies against the bootstrap bundle and names the
+    // configured ID: the fetched bundle (with the new key c2) is taken.
+    let (b, _d) = start(honest, server_id);
+    let send = |b: &Broker, key: &IssuerKey, kid: &str| {
+        let claims = json!({"sub": "spiffe://cluster-a.example/ns/payments/sa/api", "aud": [b.base], "iat": now(), "exp": now() + 300});
+        let svid = key.token(&json!({"alg": "ES256", "kid": kid}), &claims);
+        reqwest::blocking::Client::new()
+            .post(b.url("/token"))
+            .form(&[
+                ("grant_type", TE),
+                ("subject_token", svid.as_str()),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", "https://payments.example/api"),
+            ])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(send(&b, &new, "c2"), 200, "{}", b.log());
+
+    // 2. Another configured ID: refused, the bootstrap keys stay (c1 works, c2 does not).
+    let (b, _d) = start(honest, "spiffe://cluster-a.example/spire/other");
+    assert_eq!(send(&b, &new, "c2"), 400);
+    assert_eq!(send(&b, &old, "c1"), 200);
+    assert!(
+        refresh_lines(&b)
+            .iter()
+            .any(|l| l["reason"] == "fetch_failed")
+    );
+
+    // 3. A server whose SVID comes from another CA: refused the same way.
+    let (b, _d) = start(impostor, server_id);
+    assert_eq!(send(&b, &new, "c2"), 400);
+    assert!(
+        refresh_lines(&b)
+            .iter()
+            .any(|l| l["reason"] == "fetch_failed")
+    );
+}
