@@ -715,3 +715,67 @@ fn https_spiffe_endpoints_authenticate_by_svid_against_the_held_bundle() {
             .any(|l| l["reason"] == "fetch_failed")
     );
 }
+
+#[test]
+fn a_kubernetes_projected_service_account_token_is_exchanged() {
+    // A Kubernetes API server's discovery document has no authorization_endpoint; the
+    // broker needs only issuer and jwks_uri.
+    let key = IssuerKey::rs256();
+    let issuer = oidc_server(key.jwks_json("k8s-1"), None);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = oidc_config(&issuer)
+        .replace("name = \"github-actions\"", "name = \"cluster-b\"")
+        .replace("from = \"github-actions\"", "from = \"cluster-b\"")
+        .replace(
+            "github-actions#repo:acme/**",
+            "cluster-b#system:serviceaccount:payments:*",
+        )
+        .replace(
+            "claims = { repository = \"acme/*\", ref = \"refs/heads/main\" }\n",
+            "",
+        );
+    let b = Broker::start(dir.path(), &cfg, free_port());
+    wait_for(|| !refresh_lines(&b).is_empty());
+    let send = |sub: &str| {
+        // The layout of a projected service-account token (TokenRequest API).
+        let claims = json!({
+            "iss": issuer, "aud": [b.base], "sub": sub,
+            "iat": now(), "nbf": now(), "exp": now() + 600,
+            "kubernetes.io": {
+                "namespace": "payments",
+                "serviceaccount": {"name": "api", "uid": "4f1b0c1e-2a1f-4bfa-9d6b-0c3c8a7f1d11"},
+                "pod": {"name": "api-7d9f", "uid": "9a0e1f8b-1b1c-4e1e-8f8a-2a2b3c4d5e6f"},
+            },
+        });
+        let token = key.token(&json!({"alg": "RS256", "kid": "k8s-1"}), &claims);
+        let r: Value = reqwest::blocking::Client::new()
+            .post(b.url("/token"))
+            .form(&[
+                ("grant_type", TE),
+                ("subject_token", token.as_str()),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", "https://payments.example/api"),
+            ])
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r
+    };
+    let ok = send("system:serviceaccount:payments:api");
+    let claims = decode_part(
+        ok["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{ok}")),
+        1,
+    );
+    assert_eq!(
+        claims["sub"],
+        "cluster-b#system:serviceaccount:payments:api"
+    );
+    // Another namespace is not admitted by the boundary.
+    assert_eq!(
+        send("system:serviceaccount:kube-system:admin")["error"],
+        "invalid_request"
+    );
+}
