@@ -494,41 +494,7 @@ fn https_bundle_server(body: String) -> (u16, String) {
     params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        )
-        .unwrap(),
-    );
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(tcp) = s else { continue };
-            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
-                continue;
-            };
-            let mut tls = rustls::StreamOwned::new(conn, tcp);
-            let mut buf = [0u8; 4096];
-            if tls.read(&mut buf).is_err() {
-                continue;
-            }
-            let _ = write!(
-                tls,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
-        }
-    });
+    let port = serve_tls(&cert, &key, body);
     (port, ca.pem())
 }
 
@@ -583,42 +549,7 @@ fn spiffe_endpoint(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, ca).unwrap();
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        )
-        .unwrap(),
-    );
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(tcp) = s else { continue };
-            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
-                continue;
-            };
-            let mut tls = rustls::StreamOwned::new(conn, tcp);
-            let mut buf = [0u8; 4096];
-            if tls.read(&mut buf).is_err() {
-                continue;
-            }
-            let _ = write!(
-                tls,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
-        }
-    });
-    port
+    serve_tls(&cert, &key, body)
 }
 
 fn spiffe_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
@@ -778,4 +709,45 @@ fn a_kubernetes_projected_service_account_token_is_exchanged() {
         send("system:serviceaccount:kube-system:admin")["error"],
         "invalid_request"
     );
+}
+
+/// Serves `body` over TLS with `cert` (an rcgen certificate and its key) on loopback;
+/// returns the port.
+fn serve_tls(cert: &rcgen::Certificate, key: &rcgen::KeyPair, body: String) -> u16 {
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap(),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(tcp) = s else { continue };
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 4096];
+            if tls.read(&mut buf).is_err() {
+                continue;
+            }
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    port
 }
