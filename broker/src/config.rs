@@ -108,6 +108,7 @@ struct RawTrustDomain {
     tls_ca: Option<String>,
     max_token_age: Option<String>,
     algorithms: Option<Vec<String>>,
+    allow_private_ranges: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +225,9 @@ pub struct EndpointConfig {
     pub tls_ca: Option<PathBuf>,
     /// The configured bundle an `https_spiffe` endpoint is first authenticated with.
     pub bootstrap: Option<SpiffeBundle>,
+    /// `allow_private_ranges`: the domain's endpoints may resolve to RFC 1918, shared
+    /// (100.64/10) and unique-local addresses. Link-local and metadata never.
+    pub allow_private: bool,
 }
 
 /// Where live keys come from.
@@ -672,6 +676,7 @@ fn validate(
             }
         };
         kinds.insert(td.name.clone(), kind);
+        let allow_private = td.allow_private_ranges.unwrap_or(false);
         if kind == DomainKind::Spiffe {
             if let Err(e) = td.name.parse::<TrustDomain>() {
                 c.push(
@@ -758,6 +763,7 @@ fn validate(
                         },
                         tls_ca: td.tls_ca.as_deref().map(resolve),
                         bootstrap: None,
+                        allow_private,
                     });
                 }
                 "https_spiffe" => {
@@ -772,6 +778,7 @@ fn validate(
                                 },
                                 tls_ca: None,
                                 bootstrap: bootstrap.clone(),
+                                allow_private,
                             });
                         }
                         (Some(Ok(_)), Some(_)) => c.push(&at("bundle_endpoint"), "https_spiffe needs a spiffe_id in this trust domain and a bootstrap bundle_file with x509-svid authorities"),
@@ -794,12 +801,23 @@ fn validate(
                     source: EndpointSource::OidcDiscovery { issuer: issuer.clone() },
                     tls_ca: td.tls_ca.as_deref().map(resolve),
                     bootstrap: None,
+                    allow_private,
                 }),
                 (Some(_), _) | (None, _) => c.push(
                     &at("name"),
                     "needs keys: bundle_endpoint, bundle_file or jwks_file (or an issuer, for oidc and broker domains)",
                 ),
             }
+        }
+        if td.allow_private_ranges.is_some()
+            && !endpoints
+                .iter()
+                .any(|e: &EndpointConfig| e.domain == td.name)
+        {
+            c.push(
+                &at("allow_private_ranges"),
+                "applies to domains whose keys are fetched (bundle_endpoint or issuer)",
+            );
         }
         static_keys.insert_domain(&td.name, keys);
         if let Some(ca) = &td.enforcer_ca {

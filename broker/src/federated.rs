@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use federation::fetch::{FetchPolicy, fetch};
+use federation::fetch::{FetchPolicy, fetch, fetch_fresh};
 use federation::held::{Accepted, HeldBundle};
 use token_exchange::state::{BoxFuture, KeySource, StateError, StaticKeys};
 use tokio::sync::{Notify, watch};
@@ -14,8 +14,10 @@ use trust_bundles::{Clock, Jwk, SpiffeBundle, UnixTime};
 
 use crate::config::{EndpointConfig, EndpointSource};
 
-/// How often OIDC keys are refetched (cache headers are not read yet).
-const OIDC_REFRESH: Duration = Duration::from_secs(300);
+/// How often OIDC keys are refetched when the JWKS response carries no cache headers.
+/// With them, their lifetime is the refresh hint (clamped to [30 s, 1 day] like any hint),
+/// so the outage cap follows it too: min(10 × lifetime, 24 h).
+pub const OIDC_DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 
 /// One fetch of a domain's keys, as a bundle.
 async fn fetch_keys(
@@ -51,10 +53,11 @@ async fn fetch_keys(
             let jwks_uri = federation::oidc::jwks_uri(&doc, issuer).map_err(|e| e.to_string())?;
             // The JWKS is fetched under the same rules as the document: https (or
             // loopback http with the switch), checked addresses, no redirects.
-            let jwks = fetch(&jwks_uri, policy)
+            let jwks = fetch_fresh(&jwks_uri, policy)
                 .await
                 .map_err(|e| format!("jwks: {e}"))?;
-            federation::oidc::jwks_bundle(&jwks, OIDC_REFRESH).map_err(|e| e.to_string())
+            let refresh = jwks.fresh_for.unwrap_or(OIDC_DEFAULT_REFRESH);
+            federation::oidc::jwks_bundle(&jwks.body, refresh).map_err(|e| e.to_string())
         }
     }
 }
@@ -69,8 +72,13 @@ const REFETCH_WAIT: Duration = Duration::from_secs(5);
 struct Slot {
     held: HeldBundle,
     last_on_demand: Option<UnixTime>,
-    in_flight: bool,
+    /// On-demand refetches asked for so far (a generation counter).
+    requested: u64,
+    /// The `requested` generation the latest fetch started at: a fetch that started
+    /// before a request cannot answer it (it may predate the rotation).
+    started: u64,
     wake: Arc<Notify>,
+    /// The highest generation a completed fetch answered.
     done: watch::Sender<u64>,
 }
 
@@ -82,8 +90,9 @@ pub struct LiveBundles {
 
 /// What a request for an unknown `kid` may do.
 enum Refetch {
-    /// Wait for the fetch in flight (started now or by another request).
-    Wait(watch::Receiver<u64>),
+    /// Wait until a fetch started at or after generation `.1` completes (asked for now,
+    /// or by another request still pending).
+    Wait(watch::Receiver<u64>, u64),
     /// Too soon after the last on-demand refetch: answer from what is held.
     No,
 }
@@ -102,7 +111,8 @@ impl LiveBundles {
                         .map(|b| HeldBundle::bootstrapped(b, now))
                         .unwrap_or_default(),
                     last_on_demand: None,
-                    in_flight: false,
+                    requested: 0,
+                    started: 0,
                     wake: Arc::new(Notify::new()),
                     done: watch::channel(0).0,
                 };
@@ -134,8 +144,8 @@ impl LiveBundles {
     /// 30 s, or join the one in flight (single flight: one fetch however many ask).
     fn request_refetch(&self, domain: &str, now: UnixTime) -> Refetch {
         self.with(domain, |slot| {
-            if slot.in_flight {
-                return Refetch::Wait(slot.done.subscribe());
+            if slot.requested > *slot.done.borrow() {
+                return Refetch::Wait(slot.done.subscribe(), slot.requested);
             }
             let allowed = slot
                 .last_on_demand
@@ -143,10 +153,10 @@ impl LiveBundles {
             if !allowed {
                 return Refetch::No;
             }
-            slot.in_flight = true;
+            slot.requested = slot.requested.wrapping_add(1);
             slot.last_on_demand = Some(now);
             slot.wake.notify_one();
-            Refetch::Wait(slot.done.subscribe())
+            Refetch::Wait(slot.done.subscribe(), slot.requested)
         })
         .unwrap_or(Refetch::No)
     }
@@ -180,8 +190,9 @@ impl KeySource for FederatedKeys {
                 // per 30 s, one fetch for all askers), then look again.
                 Some(None) => match self.live.request_refetch(domain, now) {
                     Refetch::No => Ok(None),
-                    Refetch::Wait(mut rx) => {
-                        let _ = actix_web::rt::time::timeout(REFETCH_WAIT, rx.changed()).await;
+                    Refetch::Wait(mut rx, generation) => {
+                        let answered = rx.wait_for(|done| *done >= generation);
+                        let _ = actix_web::rt::time::timeout(REFETCH_WAIT, answered).await;
                         Ok(self.live.lookup(domain, kid, self.clock.now()).flatten())
                     }
                 },
@@ -209,14 +220,15 @@ pub async fn refresh_loop(
     policy: FetchPolicy,
     clock: Arc<dyn Clock>,
 ) {
-    let domain = endpoint.domain.clone();
-    let Some(wake) = live.with(&domain, |s| s.wake.clone()) else {
+    let Some(wake) = live.with(&endpoint.domain, |s| s.wake.clone()) else {
         return;
     };
     loop {
         let now = clock.now();
         let (next, on_demand) = live
-            .with(&domain, |s| (s.held.next_refresh(now), s.in_flight))
+            .with(&endpoint.domain, |s| {
+                (s.held.next_refresh(now), s.requested > s.started)
+            })
             .unwrap_or((now, false));
         let wait = next.saturating_since(now);
         if !wait.is_zero() && !on_demand {
@@ -226,55 +238,77 @@ pub async fn refresh_loop(
             }
             continue;
         }
-        let held = live.with(&domain, |s| s.held.held().cloned()).flatten();
-        let result = fetch_keys(&endpoint.source, &policy, held).await;
-        let now = clock.now();
-        match result {
-            Ok(bundle) => {
-                let seq = bundle.sequence();
-                for s in bundle.skipped() {
-                    audit(
-                        &domain,
-                        "deny",
-                        "key_skipped",
-                        &format!("keys[{}]: {}", s.index, s.reason),
-                        seq,
-                    );
-                }
-                match live.with(&domain, |s| s.held.offer(bundle, now)) {
-                    Some(Ok(Accepted::Unchanged)) => {}
-                    Some(Ok(Accepted::Changed {
-                        added_kids,
-                        removed_kids,
-                    })) => audit(
-                        &domain,
-                        "allow",
-                        "ok",
-                        &format!("added {added_kids:?}, removed {removed_kids:?}"),
-                        seq,
-                    ),
-                    Some(Ok(Accepted::Revoked)) => audit(
-                        &domain,
-                        "allow",
-                        "revoked",
-                        "keys: [] revokes every key",
-                        seq,
-                    ),
-                    Some(Err(refused)) => {
-                        audit(&domain, "deny", "refused", &refused.to_string(), seq)
-                    }
-                    None => return,
-                }
+        if !refresh_once(&live, &endpoint, &policy, &*clock).await {
+            return;
+        }
+    }
+}
+
+/// One fetch of `endpoint`, offered to its held bundle, audited; then everyone waiting
+/// on it is released. `false` when the domain is not live (nothing to refresh).
+pub async fn refresh_once(
+    live: &LiveBundles,
+    endpoint: &EndpointConfig,
+    policy: &FetchPolicy,
+    clock: &dyn Clock,
+) -> bool {
+    let domain = endpoint.domain.as_str();
+    let Some((held, generation)) = live.with(domain, |s| {
+        s.started = s.requested;
+        (s.held.held().cloned(), s.requested)
+    }) else {
+        return false;
+    };
+    let result = fetch_keys(&endpoint.source, policy, held).await;
+    let now = clock.now();
+    match result {
+        Ok(bundle) => {
+            let seq = bundle.sequence();
+            for s in bundle.skipped() {
+                audit(
+                    domain,
+                    "deny",
+                    "key_skipped",
+                    &format!("keys[{}]: {}", s.index, s.reason),
+                    seq,
+                );
             }
-            Err(why) => {
-                live.with(&domain, |s| s.held.fetch_failed(now));
-                audit(&domain, "deny", "fetch_failed", &why, None);
+            match live.with(domain, |s| s.held.offer(bundle, now)) {
+                Some(Ok(Accepted::Unchanged)) | None => {}
+                Some(Ok(Accepted::Changed {
+                    added_kids,
+                    removed_kids,
+                })) => audit(
+                    domain,
+                    "allow",
+                    "ok",
+                    &format!("added {added_kids:?}, removed {removed_kids:?}"),
+                    seq,
+                ),
+                Some(Ok(Accepted::Revoked)) => audit(
+                    domain,
+                    "allow",
+                    "revoked",
+                    "keys: [] revokes every key",
+                    seq,
+                ),
+                Some(Err(refused)) => audit(domain, "deny", "refused", &refused.to_string(), seq),
             }
         }
-        // Release everyone waiting on this fetch.
-        live.with(&domain, |s| {
-            s.in_flight = false;
-            s.done.send_modify(|g| *g = g.wrapping_add(1));
-        });
+        Err(why) => {
+            live.with(domain, |s| s.held.fetch_failed(now));
+            audit(domain, "deny", "fetch_failed", &why, None);
+        }
     }
+    // Release everyone whose request this fetch answers.
+    live.with(domain, |s| {
+        s.done.send_if_modified(|done| {
+            let newer = generation > *done;
+            if newer {
+                *done = generation;
+            }
+            newer
+        });
+    })
+    .is_some()
 }

@@ -220,6 +220,38 @@ fn tls_config(cfg: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, Se
     .map_err(|e| ServeError::Tls(e.to_string()))
 }
 
+/// How each live domain is fetched: its own `tls_ca` roots and private-range switch, the
+/// broker-wide loopback switch. Read once, before anything binds.
+pub fn fetch_policies(
+    cfg: &Config,
+) -> Result<
+    Vec<(
+        crate::config::EndpointConfig,
+        federation::fetch::FetchPolicy,
+    )>,
+    ServeError,
+> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut out = Vec::new();
+    for ep in &cfg.endpoints {
+        let extra_roots = match &ep.tls_ca {
+            Some(path) => CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?,
+            None => Vec::new(),
+        };
+        let policy = federation::fetch::FetchPolicy {
+            allow_http_loopback: cfg.allow_http_fetch_to_loopback,
+            allow_private: ep.allow_private,
+            extra_roots,
+            ..federation::fetch::FetchPolicy::default()
+        };
+        out.push((ep.clone(), policy));
+    }
+    Ok(out)
+}
+
 /// Runs the broker until SIGTERM or SIGINT, then drains in-flight requests. The admin
 /// token comes from the environment variable the config names.
 pub async fn run(cfg: Config) -> Result<(), ServeError> {
@@ -244,25 +276,7 @@ pub async fn run_with(cfg: Config, admin_token: Option<AdminToken>) -> Result<()
     let state = build(&cfg, clock, admin_token)?;
     let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
     // Everything a refresher needs is read now, before binding: no half-start.
-    let mut fetch_policies = Vec::new();
-    for ep in &cfg.endpoints {
-        let extra_roots = match &ep.tls_ca {
-            Some(path) => {
-                use rustls_pki_types::CertificateDer;
-                use rustls_pki_types::pem::PemObject;
-                CertificateDer::pem_file_iter(path)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?
-            }
-            None => Vec::new(),
-        };
-        let policy = federation::fetch::FetchPolicy {
-            allow_http_loopback: cfg.allow_http_fetch_to_loopback,
-            extra_roots,
-            ..federation::fetch::FetchPolicy::default()
-        };
-        fetch_policies.push((ep.clone(), policy));
-    }
+    let fetch_policies = fetch_policies(&cfg)?;
 
     let data = web::Data::from(state.clone());
     let server =

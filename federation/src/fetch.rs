@@ -158,9 +158,22 @@ fn is_loopback_host(host: &url::Host<&str>) -> bool {
     }
 }
 
+/// A fetched body and how long its server says it stays fresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub body: Vec<u8>,
+    /// From `Cache-Control`/`Expires` ([`crate::cache::freshness`]); `None` when absent.
+    pub fresh_for: Option<Duration>,
+}
+
 /// Fetches `url` under `policy`. Nothing is connected to before every address the host
 /// resolves to has been checked.
 pub async fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchError> {
+    fetch_fresh(url, policy).await.map(|f| f.body)
+}
+
+/// [`fetch`], keeping what the cache headers say about freshness.
+pub async fn fetch_fresh(url: &str, policy: &FetchPolicy) -> Result<Fetched, FetchError> {
     let parsed = url::Url::parse(url).map_err(|_| FetchError::BadUrl)?;
     let host = parsed.host().ok_or(FetchError::BadUrl)?;
     match parsed.scheme() {
@@ -247,6 +260,24 @@ pub async fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchErro
     {
         return Err(FetchError::TooLarge(policy.max_bytes));
     }
+    let header = |name: reqwest::header::HeaderName| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (cc, expires, date, age) = (
+        header(reqwest::header::CACHE_CONTROL),
+        header(reqwest::header::EXPIRES),
+        header(reqwest::header::DATE),
+        header(reqwest::header::AGE),
+    );
+    let fresh_for = crate::cache::freshness(crate::cache::CacheHeaders {
+        cache_control: cc.as_deref(),
+        expires: expires.as_deref(),
+        date: date.as_deref(),
+        age: age.as_deref(),
+    });
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(transport)? {
         if body.len() + chunk.len() > policy.max_bytes {
@@ -254,5 +285,5 @@ pub async fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchErro
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(Fetched { body, fresh_for })
 }

@@ -9,6 +9,7 @@
 //! What it will not do: fall back from one endpoint profile to another, or keep serving
 //! keys past the outage cap.
 
+pub mod cache;
 #[cfg(feature = "net")]
 pub mod fetch;
 pub mod held;

@@ -306,3 +306,46 @@ fn syntax_errors_carry_their_line() {
         "{p:?}"
     );
 }
+
+#[test]
+fn private_ranges_are_allowed_per_fetched_domain_only() {
+    let dir = with_bundle();
+    let c = parse_in(
+        dir.path(),
+        r#"
+[[trust_domain]]
+name = "internal.example"
+bundle_endpoint = { url = "https://spire.internal.example/bundle", profile = "https_web" }
+allow_private_ranges = true
+[[trust_domain]]
+name = "public.example"
+bundle_endpoint = { url = "https://spire.public.example/bundle", profile = "https_web" }
+"#,
+    )
+    .unwrap();
+    let policies = broker::serve::fetch_policies(&c).unwrap();
+    let allowed: Vec<(&str, bool)> = policies
+        .iter()
+        .map(|(ep, p)| (ep.domain.as_str(), p.allow_private))
+        .collect();
+    assert_eq!(
+        allowed,
+        [("internal.example", true), ("public.example", false)]
+    );
+
+    // A domain with configured keys fetches nothing: the switch would mean nothing.
+    let p = problems(
+        dir.path(),
+        r#"
+[[trust_domain]]
+name = "a.example"
+bundle_file = "a.bundle.json"
+allow_private_ranges = true
+"#,
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.contains("trust_domain[0].allow_private_ranges")),
+        "{p:?}"
+    );
+}

@@ -164,3 +164,33 @@ fn non_200_is_an_error() {
         Err(FetchError::Status(500))
     );
 }
+
+#[test]
+fn cache_headers_say_how_long_a_response_stays_fresh() {
+    let with = |headers: &str| {
+        let body = br#"{"keys":[]}"#;
+        let mut r = format!(
+            "HTTP/1.1 200 OK\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        let c = canned(r);
+        run(federation::fetch::fetch_fresh(
+            &format!("http://127.0.0.1:{}/jwks", c.port),
+            &loopback_http(),
+        ))
+        .unwrap()
+        .fresh_for
+    };
+    assert_eq!(
+        with("Cache-Control: public, max-age=22004, must-revalidate\r\nAge: 4\r\n"),
+        Some(Duration::from_secs(22000))
+    );
+    assert_eq!(
+        with("Date: Mon, 23 Nov 2026 10:00:00 GMT\r\nExpires: Mon, 23 Nov 2026 10:10:00 GMT\r\n"),
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(with("Cache-Control: no-store\r\n"), Some(Duration::ZERO));
+    assert_eq!(with(""), None);
+}

@@ -13,6 +13,7 @@ mod federate;
 mod fetch;
 mod google_auth;
 mod hostile;
+mod live;
 mod serve;
 #[allow(
     dead_code,
