@@ -191,6 +191,18 @@ pub struct KeysConfig {
 pub struct ClientConfig {
     pub id: String,
     pub secret_env: String,
+    /// Read from `secret_env` when the config is validated.
+    pub secret: ClientSecret,
+}
+
+/// A client secret; `Debug` redacts it.
+#[derive(Clone, Default)]
+pub struct ClientSecret(pub String);
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSecret([redacted])")
+    }
 }
 
 /// A validated configuration.
@@ -1056,15 +1068,23 @@ fn validate(
 
     let mut clients = Vec::new();
     for (i, cl) in raw.client.iter().enumerate() {
-        if env.var(&cl.secret_env).is_none() {
+        let secret = env.var(&cl.secret_env).filter(|s| !s.is_empty());
+        if secret.is_none() {
             c.push(
                 &[K("client"), I(i), K("secret_env")],
                 format!("environment variable {} is not set", cl.secret_env),
             );
         }
+        if raw.client.iter().take(i).any(|o| o.id == cl.id) {
+            c.push(
+                &[K("client"), I(i), K("id")],
+                format!("{:?} is defined twice", cl.id),
+            );
+        }
         clients.push(ClientConfig {
             id: cl.id.clone(),
             secret_env: cl.secret_env.clone(),
+            secret: ClientSecret(secret.unwrap_or_default()),
         });
     }
 

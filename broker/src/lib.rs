@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod federated;
 pub mod nodes;
+pub mod revocations;
 pub mod serve;
 pub mod server;
 pub mod store;

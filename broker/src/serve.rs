@@ -152,6 +152,8 @@ pub fn build(
             replay,
             // Durable: a restart must not reopen a single-use token's window.
             single_use: store.clone(),
+            // Durable: a revocation must survive a restart.
+            revocations: store.clone(),
         },
         verifier,
         clock.clone(),
@@ -169,6 +171,7 @@ pub fn build(
         admin_token,
         renewals: Arc::new(MemoryStore::new()),
         live,
+        clients: cfg.clients.clone(),
     }))
 }
 

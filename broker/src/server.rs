@@ -55,6 +55,8 @@ pub struct AppState {
     pub admin_token: Option<AdminToken>,
     pub renewals: Arc<token_exchange::state::MemoryStore>,
     pub live: Arc<crate::federated::LiveBundles>,
+    /// Resource servers that may call `/introspect` and `/revoke`.
+    pub clients: Vec<crate::config::ClientConfig>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -76,6 +78,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/jwks", web::get().to(jwks))
         .route("/bundle", web::get().to(bundle))
+        .route(
+            "/introspect",
+            web::post().to(crate::revocations::introspect),
+        )
+        .route("/revoke", web::post().to(crate::revocations::revoke))
+        .route(
+            "/admin/v1/revocations",
+            web::post().to(crate::revocations::admin_revoke),
+        )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/v1/enroll", web::post().to(crate::nodes::enroll))

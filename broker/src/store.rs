@@ -13,6 +13,8 @@ const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tok
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const SINGLE_USE: TableDefinition<&str, u64> = TableDefinition::new("single_use");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Revocation storage key → (revoked at, kept until), unix seconds.
+const REVOCATIONS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("revocations");
 const BUNDLE_SEQUENCE: &str = "bundle_sequence";
 const FILE: &str = "state.redb";
 
@@ -81,6 +83,7 @@ impl DurableStore {
         }
         tx.open_table(META).map_err(db_err)?;
         tx.open_table(SINGLE_USE).map_err(db_err)?;
+        tx.open_table(REVOCATIONS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(store)
     }
@@ -347,6 +350,35 @@ impl DurableStore {
         Ok(first)
     }
 
+    /// Records a revocation durably; revoking again keeps the later times. Lapsed entries
+    /// are swept in the same transaction.
+    pub fn revoke(&self, key: &str, at: u64, keep_until: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(REVOCATIONS).map_err(db_err)?;
+            let (old_at, old_keep) = t.get(key).map_err(db_err)?.map_or((0, 0), |v| v.value());
+            t.insert(key, (old_at.max(at), old_keep.max(keep_until)))
+                .map_err(db_err)?;
+            t.retain(|_, (_, keep)| keep > at).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// When each key was revoked, if it was and the entry is still kept at `now`.
+    pub fn revoked_at(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(REVOCATIONS).map_err(db_err)?;
+        keys.iter()
+            .map(|k| {
+                Ok(t.get(k.as_str())
+                    .map_err(db_err)?
+                    .map(|v| v.value())
+                    .filter(|(_, keep)| *keep > now)
+                    .map(|(at, _)| at))
+            })
+            .collect()
+    }
+
     /// A cheap read that proves the store answers (readiness).
     pub fn ping(&self) -> Result<(), StoreError> {
         self.bundle_sequence().map(|_| ())
@@ -411,6 +443,37 @@ impl token_exchange::state::ReplayStore for DurableStore {
     ) -> token_exchange::state::BoxFuture<'a, Result<bool, token_exchange::state::StateError>> {
         let r = self
             .mark_single_use(key, expires_at.as_secs(), now.as_secs())
+            .map_err(|e| token_exchange::state::StateError(e.to_string()));
+        Box::pin(async move { r })
+    }
+}
+
+impl token_exchange::state::RevocationStore for DurableStore {
+    fn revoke<'a>(
+        &'a self,
+        key: &'a str,
+        at: trust_bundles::UnixTime,
+        keep_until: trust_bundles::UnixTime,
+    ) -> token_exchange::state::BoxFuture<'a, Result<(), token_exchange::state::StateError>> {
+        let r = DurableStore::revoke(self, key, at.as_secs(), keep_until.as_secs())
+            .map_err(|e| token_exchange::state::StateError(e.to_string()));
+        Box::pin(async move { r })
+    }
+
+    fn revoked_at<'a>(
+        &'a self,
+        keys: &'a [String],
+        now: trust_bundles::UnixTime,
+    ) -> token_exchange::state::BoxFuture<
+        'a,
+        Result<Vec<Option<trust_bundles::UnixTime>>, token_exchange::state::StateError>,
+    > {
+        let r = DurableStore::revoked_at(self, keys, now.as_secs())
+            .map(|v| {
+                v.into_iter()
+                    .map(|o| o.map(trust_bundles::UnixTime::from_secs))
+                    .collect()
+            })
             .map_err(|e| token_exchange::state::StateError(e.to_string()));
         Box::pin(async move { r })
     }

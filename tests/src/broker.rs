@@ -73,13 +73,23 @@ impl Broker {
 
     /// As [`Broker::start`], with `TRUSTBROKER_ADMIN_TOKEN` set to `admin_token`.
     pub fn start_admin(dir: &Path, config: &str, port: u16, admin_token: &str) -> Self {
+        Self::start_env(
+            dir,
+            config,
+            port,
+            &[("TRUSTBROKER_ADMIN_TOKEN", admin_token)],
+        )
+    }
+
+    /// As [`Broker::start`], with `env` set for the broker process.
+    pub fn start_env(dir: &Path, config: &str, port: u16, env: &[(&str, &str)]) -> Self {
         Self::launch(
             dir,
             config,
             port,
             "http",
             reqwest::blocking::Client::new(),
-            Some(admin_token),
+            env,
         )
     }
 
@@ -92,7 +102,7 @@ impl Broker {
         scheme: &str,
         client: reqwest::blocking::Client,
     ) -> Self {
-        Self::launch(dir, config, port, scheme, client, None)
+        Self::launch(dir, config, port, scheme, client, &[])
     }
 
     fn launch(
@@ -101,15 +111,15 @@ impl Broker {
         port: u16,
         scheme: &str,
         client: reqwest::blocking::Client,
-        admin_token: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Self {
         let cfg_path = dir.join("broker.toml");
         std::fs::write(&cfg_path, config.replace("{PORT}", &port.to_string())).unwrap();
         let log = dir.join("broker.log");
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(binary());
-        if let Some(t) = admin_token {
-            cmd.env("TRUSTBROKER_ADMIN_TOKEN", t);
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let child = cmd
             .args(["serve", "--config"])

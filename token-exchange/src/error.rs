@@ -116,6 +116,14 @@ pub enum ExchangeError {
     ActorNotAllowed,
     #[error("the subject token was already used at a single-use boundary")]
     SubjectReplayed,
+    /// RFC 8693 §2.2.2: a revoked subject or actor token is an invalid one.
+    #[error("the {which} token is revoked (by {by})")]
+    Revoked {
+        which: &'static str,
+        by: &'static str,
+    },
+    #[error("the token's lineage would exceed {max} ancestors")]
+    LineageTooLong { max: usize },
     #[error("policy: {0}")]
     Policy(#[from] PolicyError),
     #[error("the boundary requires attestation evidence and none came")]
@@ -181,7 +189,10 @@ impl ExchangeError {
                 | TokenError::BadSubject => C::InvalidRequest,
             },
             // RFC 8693 §2.2.2: unacceptable by policy, or replayed.
-            Self::ActorNotAllowed | Self::SubjectReplayed => C::InvalidRequest,
+            Self::ActorNotAllowed
+            | Self::SubjectReplayed
+            | Self::Revoked { .. }
+            | Self::LineageTooLong { .. } => C::InvalidRequest,
             Self::Policy(p) => match p {
                 // SPEC §11: no boundary for from + subject; max_hops exceeded.
                 PolicyError::NoBoundary

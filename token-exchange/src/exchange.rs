@@ -22,7 +22,8 @@ use crate::policy::{
     AttestationMode, Boundary, CrossingContext, OutputType, Policy, PolicyError, TokenLimits,
 };
 use crate::request::{ExchangeRequest, RequestedTokenType};
-use crate::state::{NonceStore, ReplayStore};
+use crate::revocation::{self, MAX_LINEAGE, TokenFacts};
+use crate::state::{NonceStore, ReplayStore, RevocationStore};
 use crate::subject::{DomainKind, MAX_ACT_DEPTH, TokenError, ValidatedToken, Validator};
 use crate::types::{Nonce, TokenTypeUri};
 
@@ -124,6 +125,8 @@ pub struct Stores {
     /// Subject-token `jti`s of `single_use` boundaries: they must outlive a restart for
     /// as long as the subject token is valid, so the broker backs this durably.
     pub single_use: Arc<dyn ReplayStore>,
+    /// Revocations: consulted for every subject and actor token, and by introspection.
+    pub revocations: Arc<dyn RevocationStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -173,6 +176,14 @@ impl Exchanger {
             evidence,
             clock,
         }
+    }
+
+    pub fn validator(&self) -> &Validator {
+        &self.validator
+    }
+
+    pub fn revocations(&self) -> &dyn RevocationStore {
+        self.stores.revocations.as_ref()
     }
 
     pub fn settings(&self) -> &ExchangeSettings {
@@ -253,6 +264,10 @@ impl Exchanger {
         audit.from = Some(subject.domain.clone());
         audit.jti_in = subject.jti.clone();
 
+        self.check_revoked(&subject, "subject", now).await?;
+        let mut lineage = subject.lineage.clone();
+        lineage.push(subject.token_id.clone());
+
         // Delegation (RFC 8693 §4.1, §4.4).
         let act = match &req.actor {
             None => subject.act.clone(),
@@ -263,10 +278,19 @@ impl Exchanger {
                     .await
                     .map_err(ExchangeError::Actor)?;
                 audit.actor = Some(actor.subject.clone());
+                self.check_revoked(&actor, "actor", now).await?;
                 check_may_act(&subject, &actor)?;
+                for id in actor.lineage.iter().chain([&actor.token_id]) {
+                    if !lineage.contains(id) {
+                        lineage.push(id.clone());
+                    }
+                }
                 Some(nest_act(&actor, subject.act.as_ref())?)
             }
         };
+        if lineage.len() > MAX_LINEAGE {
+            return Err(ExchangeError::LineageTooLong { max: MAX_LINEAGE });
+        }
 
         // Boundary.
         let boundary = self.policy.select(&subject, &req.audience)?;
@@ -395,6 +419,7 @@ impl Exchanger {
             act,
             crossings: &down.crossings,
             att: att.as_ref(),
+            lineage: &lineage,
         };
         let alg = match shape {
             TokenShape::AccessToken => SigningAlg::ES256,
@@ -463,6 +488,30 @@ impl Exchanger {
             )));
         }
         Ok(v)
+    }
+
+    /// Refuses a token that a revocation covers (SPEC §4: "not revoked").
+    async fn check_revoked(
+        &self,
+        token: &ValidatedToken,
+        which: &'static str,
+        now: UnixTime,
+    ) -> Result<(), ExchangeError> {
+        let facts = TokenFacts {
+            id: &token.token_id,
+            lineage: &token.lineage,
+            subject: &token.subject,
+            node: token.node.as_deref(),
+            jkt: token.cnf_jkt.as_ref().map(|j| j.as_str()),
+            iat: token.iat,
+        };
+        match revocation::check(self.stores.revocations.as_ref(), &facts, now).await? {
+            None => Ok(()),
+            Some(target) => Err(ExchangeError::Revoked {
+                which,
+                by: target.kind(),
+            }),
+        }
     }
 
     async fn consume(

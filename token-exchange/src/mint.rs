@@ -7,6 +7,7 @@ use trust_bundles::UnixTime;
 use trust_bundles::jws;
 
 use crate::keys::{KeyError, SigningKey};
+use crate::revocation::TokenId;
 use crate::subject::Crossing;
 use crate::types::{Audience, Jkt, ScopeSet, Ttl};
 
@@ -31,6 +32,8 @@ pub struct Claims<'a> {
     pub act: Option<Map<String, Value>>,
     pub crossings: &'a [Crossing],
     pub att: Option<&'a AttestationRef>,
+    /// The ids of the tokens this one is minted from, oldest first (revocation lineage).
+    pub lineage: &'a [TokenId],
 }
 
 /// A minted token and the values the audit log and response need.
@@ -92,6 +95,10 @@ pub fn mint(shape: TokenShape, claims: &Claims<'_>, key: &SigningKey) -> Result<
     );
     if let Some(att) = claims.att {
         body.insert("att".into(), json!({"node": att.node, "evd": att.evd}));
+    }
+    if !claims.lineage.is_empty() {
+        let ids: Vec<Value> = claims.lineage.iter().map(|i| i.as_str().into()).collect();
+        body.insert("lineage".into(), Value::Array(ids));
     }
 
     let input = jws::signing_input(&header, &Value::Object(body));

@@ -58,6 +58,27 @@ pub trait ReplayStore: Send + Sync {
     ) -> BoxFuture<'a, Result<bool, StateError>>;
 }
 
+/// Revocations (SPEC §8): storage keys (see [`crate::revocation`]) with the time they were
+/// revoked at. An entry is kept until `keep_until`, past which nothing it covers can still
+/// be valid.
+pub trait RevocationStore: Send + Sync {
+    /// Records `key` as revoked at `at`. Revoking again keeps the later time.
+    fn revoke<'a>(
+        &'a self,
+        key: &'a str,
+        at: UnixTime,
+        keep_until: UnixTime,
+    ) -> BoxFuture<'a, Result<(), StateError>>;
+
+    /// When each of `keys` was revoked, in order; `None` for keys never revoked (or whose
+    /// entry has lapsed). One round trip for all of them.
+    fn revoked_at<'a>(
+        &'a self,
+        keys: &'a [String],
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<Vec<Option<UnixTime>>, StateError>>;
+}
+
 /// Static keys per domain, as given in configuration (`bundle_file`, `jwks_file`).
 #[derive(Debug, Default, Clone)]
 pub struct StaticKeys {
@@ -196,6 +217,64 @@ impl ReplayStore for MemoryStore {
         };
         drop(e);
         Box::pin(async move { result })
+    }
+}
+
+/// Revocations of one process, in memory.
+#[derive(Debug, Default)]
+pub struct MemoryRevocations {
+    inner: Mutex<HashMap<String, (UnixTime, UnixTime)>>,
+}
+
+impl MemoryRevocations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl RevocationStore for MemoryRevocations {
+    fn revoke<'a>(
+        &'a self,
+        key: &'a str,
+        at: UnixTime,
+        keep_until: UnixTime,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = if map.len() >= MAX_MEMORY_ENTRIES && !map.contains_key(key) {
+            map.retain(|_, (_, keep)| *keep > at);
+            if map.len() >= MAX_MEMORY_ENTRIES {
+                Err(StateError("in-memory revocations are full".into()))
+            } else {
+                Ok(())
+            }
+        } else {
+            Ok(())
+        };
+        if result.is_ok() {
+            let entry = map.entry(key.to_owned()).or_insert((at, keep_until));
+            entry.0 = entry.0.max(at);
+            entry.1 = entry.1.max(keep_until);
+        }
+        drop(map);
+        Box::pin(async move { result })
+    }
+
+    fn revoked_at<'a>(
+        &'a self,
+        keys: &'a [String],
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<Vec<Option<UnixTime>>, StateError>> {
+        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = keys
+            .iter()
+            .map(|k| {
+                map.get(k)
+                    .filter(|(_, keep)| *keep > now)
+                    .map(|(at, _)| *at)
+            })
+            .collect();
+        drop(map);
+        Box::pin(async move { Ok(found) })
     }
 }
 

@@ -12,6 +12,7 @@ use trust_bundles::jws::{JwsError, UnverifiedJws};
 use trust_bundles::{JwsAlgorithm, SpiffeId, TrustDomain, UnixTime};
 
 use crate::request::{MAX_TOKEN_BYTES, PresentedToken};
+use crate::revocation::{MAX_LINEAGE, TokenId};
 use crate::state::{KeySource, StateError};
 use crate::types::{Jkt, ScopeSet, TokenTypeUri};
 
@@ -87,6 +88,12 @@ pub struct ValidatedToken {
     pub act: Option<Map<String, Value>>,
     /// All claims, for boundary `claims` globs.
     pub claims: Map<String, Value>,
+    /// Its id for revocation ([`TokenId`]).
+    pub token_id: TokenId,
+    /// The tokens it was minted from (broker tokens only; empty otherwise).
+    pub lineage: Vec<TokenId>,
+    /// The enforcer whose evidence stood behind it (`att.node`; broker tokens only).
+    pub node: Option<String>,
 }
 
 /// Why a token is refused. All map to `invalid_request` on the wire (RFC 8693 §2.2.2);
@@ -163,6 +170,11 @@ impl Validator {
         &self.domains
     }
 
+    /// Where verification keys come from.
+    pub fn keys(&self) -> &dyn KeySource {
+        self.keys.as_ref()
+    }
+
     /// Validates `presented` at time `now`.
     ///
     /// 1. compact JWS within the size budget, no `crit`, `alg` not none/HMAC (parse);
@@ -202,9 +214,10 @@ impl Validator {
             .map_err(TokenError::Keys)?
             .ok_or(TokenError::UnknownKid)?;
         // 7.
+        let compact = jws.compact().to_owned();
         let claims = jws.verify(&key)?;
         // 8.
-        self.check_claims(domain, claims, now)
+        self.check_claims(domain, claims, &compact, now)
     }
 
     fn find_domain(&self, claims: &Map<String, Value>) -> Result<&DomainPolicy, TokenError> {
@@ -242,6 +255,7 @@ impl Validator {
         &self,
         domain: &DomainPolicy,
         claims: Map<String, Value>,
+        compact: &str,
         now: UnixTime,
     ) -> Result<ValidatedToken, TokenError> {
         let skew = self.skew.as_secs();
@@ -328,6 +342,20 @@ impl Validator {
         if let Some(act) = &act {
             check_act_depth(act, 1)?;
         }
+        // The id's namespace: `iss`, or for a JWT-SVID without one, its trust domain.
+        let namespace = match optional_str(&claims, "iss")? {
+            Some(iss) => iss.to_owned(),
+            None => format!("spiffe://{}", domain.name),
+        };
+        let token_id = TokenId::new(&namespace, jti.as_deref(), compact);
+        let (lineage, node) = if domain.kind.is_broker() {
+            (
+                parse_lineage(claims.get("lineage"))?,
+                parse_att_node(claims.get("att"))?,
+            )
+        } else {
+            (Vec::new(), None)
+        };
 
         Ok(ValidatedToken {
             domain: domain.name.clone(),
@@ -342,7 +370,38 @@ impl Validator {
             may_act,
             act,
             claims,
+            token_id,
+            lineage,
+            node,
         })
+    }
+}
+
+/// `lineage`: at most [`MAX_LINEAGE`] token ids.
+fn parse_lineage(v: Option<&Value>) -> Result<Vec<TokenId>, TokenError> {
+    match v {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) if items.len() <= MAX_LINEAGE => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .and_then(TokenId::parse)
+                    .ok_or(TokenError::BadClaim("lineage"))
+            })
+            .collect(),
+        Some(_) => Err(TokenError::BadClaim("lineage")),
+    }
+}
+
+/// `att.node`, the enforcer's SPIFFE ID.
+fn parse_att_node(v: Option<&Value>) -> Result<Option<String>, TokenError> {
+    match v {
+        None => Ok(None),
+        Some(Value::Object(att)) => match att.get("node") {
+            Some(Value::String(n)) => Ok(Some(n.clone())),
+            _ => Err(TokenError::BadClaim("att")),
+        },
+        Some(_) => Err(TokenError::BadClaim("att")),
     }
 }
 

@@ -14,6 +14,7 @@ mod fetch;
 mod google_auth;
 mod hostile;
 mod live;
+mod revoke;
 mod serve;
 #[allow(
     dead_code,

@@ -99,6 +99,11 @@ pub struct World {
 
 impl World {
     pub fn start() -> Self {
+        Self::start_with("", &[])
+    }
+
+    /// The world with `extra` appended to the config and `env` set for the broker.
+    pub fn start_with(extra: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cluster = IssuerKey::es256();
         let github = IssuerKey::rs256();
@@ -108,7 +113,8 @@ impl World {
         )
         .unwrap();
         std::fs::write(dir.path().join("github.jwks.json"), github.jwks_json("g1")).unwrap();
-        let broker = Broker::start(dir.path(), CONFIG, free_port());
+        let config = format!("{CONFIG}{extra}");
+        let broker = Broker::start_env(dir.path(), &config, free_port(), env);
         Self {
             broker,
             cluster,

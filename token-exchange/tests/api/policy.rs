@@ -29,6 +29,9 @@ fn subject(domain: &str, sub: &str, scope: Option<ScopeSet>, exp: u64) -> Valida
         may_act: None,
         act: None,
         claims: Map::new(),
+        token_id: token_exchange::revocation::TokenId::new(domain, Some(sub), ""),
+        lineage: Vec::new(),
+        node: None,
     }
 }
 

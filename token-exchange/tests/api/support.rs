@@ -346,6 +346,7 @@ impl World {
                 nonces: store.clone(),
                 replay: store.clone(),
                 single_use: store.clone(),
+                revocations: Arc::new(token_exchange::state::MemoryRevocations::new()),
             },
             verifier(clock.clone()),
             clock.clone(),
