@@ -195,9 +195,14 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(p) => return report(&p),
             };
-            let crate::config::StateConfig::Embedded { path } = &cfg.state;
-            match crate::store::DurableStore::open(path).and_then(|s| s.load_keys()) {
-                Ok(records) => {
+            let loaded = actix_web::rt::System::new().block_on(async {
+                crate::backend::Backend::open(&cfg.state)
+                    .await?
+                    .load_keys()
+                    .await
+            });
+            match loaded {
+                Ok((records, _)) => {
                     for r in records {
                         println!(
                             "{}\t{:?}\tpublish_at={}\tactivate_at={}\tdeactivate_at={}",

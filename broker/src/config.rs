@@ -175,8 +175,29 @@ pub struct TlsConfig {
 /// Where durable state lives.
 #[derive(Debug, Clone)]
 pub enum StateConfig {
-    Embedded { path: PathBuf },
+    Embedded {
+        path: PathBuf,
+    },
+    /// Shared by every replica. `url` is `redis://…` or `redis+cluster://h1,h2,h3`.
+    Redis {
+        url: String,
+        /// Encrypts signing keys and the node CA key at rest.
+        key: StateKey,
+    },
 }
+
+/// The 32-byte key that encrypts secrets in Redis; `Debug` redacts it.
+#[derive(Clone)]
+pub struct StateKey(pub [u8; 32]);
+
+impl std::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateKey([redacted])")
+    }
+}
+
+/// Default environment variable holding the Redis state key.
+pub const DEFAULT_STATE_KEY_ENV: &str = "TRUSTBROKER_STATE_KEY";
 
 /// Signing-key settings (SPEC §3 `[keys]`).
 #[derive(Debug, Clone)]
@@ -567,12 +588,44 @@ fn validate(
             }
         }
         "redis" => {
-            c.push(
-                &[K("state"), K("backend")],
-                "the redis backend is not available in this build yet; use \"embedded\"",
-            );
-            StateConfig::Embedded {
-                path: resolve(DEFAULT_STATE_PATH),
+            if st.path.is_some() {
+                c.push(
+                    &[K("state"), K("path")],
+                    "applies to the embedded backend only",
+                );
+            }
+            let url = st.url.clone().unwrap_or_default();
+            let scheme_ok = url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+cluster://");
+            if !scheme_ok {
+                c.push(
+                    &[K("state"), K("url")],
+                    "is required: redis://host:port or redis+cluster://h1,h2,h3",
+                );
+            }
+            let env_name = st
+                .key_encryption_env
+                .clone()
+                .unwrap_or_else(|| DEFAULT_STATE_KEY_ENV.to_owned());
+            use base64::Engine as _;
+            let key = env
+                .var(&env_name)
+                .and_then(|v| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v.trim())
+                        .ok()
+                })
+                .and_then(|b| <[u8; 32]>::try_from(b).ok());
+            if key.is_none() {
+                c.push(
+                    &[K("state"), K("key_encryption_env")],
+                    format!("environment variable {env_name} must hold 32 bytes, base64"),
+                );
+            }
+            StateConfig::Redis {
+                url,
+                key: StateKey(key.unwrap_or([0; 32])),
             }
         }
         other => {
@@ -593,7 +646,12 @@ fn validate(
             "the only accepted value is \"fail-closed\"",
         );
     }
-    let _ = st.key_encryption_env;
+    if st.key_encryption_env.is_some() && matches!(state, StateConfig::Embedded { .. }) {
+        c.push(
+            &[K("state"), K("key_encryption_env")],
+            "applies to the redis backend only",
+        );
+    }
 
     // Keys and token lifetimes.
     let rk = raw.keys.unwrap_or_default();

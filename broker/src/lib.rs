@@ -4,12 +4,14 @@
 //! What it will not do: decide anything about tokens itself. Every decision is the
 //! `token-exchange` core's; this crate wires it to HTTP, storage and the audit log.
 
+pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod federated;
 pub mod nodes;
+pub mod redis_state;
 pub mod revocations;
 pub mod serve;
 pub mod server;

@@ -1,7 +1,6 @@
 //! Node enrollment (SPEC §6): the broker's node CA (rcgen), single-use join tokens,
 //! `POST /v1/enroll`, renewal with the current certificate, and `/admin/v1/nodes`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -23,10 +22,9 @@ use trust_bundles::jws::UnverifiedJws;
 use trust_bundles::x509::{SvidUsage, leaf_public_key, verify_x509_svid};
 use trust_bundles::{JwsAlgorithm, SpiffeBundle, TrustDomain, UnixTime};
 
+use crate::backend::Backend;
 use crate::server::AppState;
-use crate::store::{
-    DurableStore, JoinTokenRecord, NodeCert, NodeRecord, Revocation, StoreError, StoredCa,
-};
+use crate::store::{JoinTokenRecord, NodeCert, NodeRecord, Revocation, StoreError, StoredCa};
 
 /// Lifetime of node certificates: short, renewed by the enforcer at half-life.
 pub const NODE_CERT_TTL: Duration = Duration::from_secs(3600);
@@ -81,12 +79,12 @@ pub fn digest_hex(secret: &str) -> String {
 
 impl NodeCa {
     /// Loads the node CA from the store, making one on first start.
-    pub fn load_or_create(
-        store: &DurableStore,
+    pub async fn load_or_create(
+        store: &Backend,
         trust_domain: &TrustDomain,
         now: UnixTime,
     ) -> Result<Self, String> {
-        let stored = match store.node_ca().map_err(|e| e.to_string())? {
+        let stored = match store.node_ca().await.map_err(|e| e.to_string())? {
             Some(ca) => ca,
             None => {
                 let key = KeyPair::generate().map_err(|e| e.to_string())?;
@@ -108,7 +106,10 @@ impl NodeCa {
                     pkcs8_b64: STANDARD.encode(key.serialize_der()),
                     cert_der_b64: STANDARD.encode(cert.der().as_ref()),
                 };
-                store.init_node_ca(&fresh).map_err(|e| e.to_string())?
+                store
+                    .init_node_ca(&fresh)
+                    .await
+                    .map_err(|e| e.to_string())?
             }
         };
         let key_der = STANDARD
@@ -199,10 +200,11 @@ pub fn valid_node_name(name: &str) -> bool {
         })
 }
 
-/// Node status from the durable store.
+/// Node status from the backend: read at every verification, so a node deleted on one
+/// replica is refused on all of them at once.
 #[derive(Debug)]
 pub struct StoreNodeStatus {
-    pub store: Arc<DurableStore>,
+    pub store: Backend,
     pub trust_domain: TrustDomain,
 }
 
@@ -212,16 +214,18 @@ impl NodeStatus for StoreNodeStatus {
         node: &'a str,
         cert_sha256: &'a str,
     ) -> BoxFuture<'a, Result<bool, StateError>> {
-        let prefix = format!("spiffe://{}{NODE_PATH_PREFIX}", self.trust_domain);
-        let result = match node.strip_prefix(&prefix) {
-            None => Ok(false),
-            Some(name) => self
-                .store
-                .node(name)
-                .map(|rec| rec.is_some_and(|r| r.certs.iter().any(|c| c.sha256 == cert_sha256)))
-                .map_err(|e| StateError(e.to_string())),
-        };
-        Box::pin(async move { result })
+        Box::pin(async move {
+            let prefix = format!("spiffe://{}{NODE_PATH_PREFIX}", self.trust_domain);
+            match node.strip_prefix(&prefix) {
+                None => Ok(false),
+                Some(name) => self
+                    .store
+                    .node(name)
+                    .await
+                    .map(|rec| rec.is_some_and(|r| r.certs.iter().any(|c| c.sha256 == cert_sha256)))
+                    .map_err(|e| StateError(e.to_string())),
+            }
+        })
     }
 }
 
@@ -323,7 +327,11 @@ pub async fn create_join_token(
         node: r.node.clone(),
         expires_at,
     };
-    if let Err(e) = state.store.put_join_token(&digest_hex(&token), &record) {
+    if let Err(e) = state
+        .backend
+        .put_join_token(&digest_hex(&token), &record)
+        .await
+    {
         return unavailable(&e);
     }
     tracing::info!(event = "join_token", node = %r.node, expires_at, "join token created");
@@ -381,7 +389,11 @@ pub async fn enroll(body: web::Bytes, state: web::Data<AppState>) -> HttpRespons
         }
     };
     let now = state.clock.now();
-    let token = match state.store.take_join_token(&digest_hex(&r.join_token)) {
+    let token = match state
+        .backend
+        .take_join_token(&digest_hex(&r.join_token))
+        .await
+    {
         Ok(Some(t)) if t.expires_at > now.as_secs() => t,
         Ok(_) => {
             audit_enroll("enroll", "deny", None, "invalid_grant");
@@ -407,26 +419,29 @@ pub async fn enroll(body: web::Bytes, state: web::Data<AppState>) -> HttpRespons
         state.local_trust_domain, token.node
     );
     let node = token.node.clone();
-    let floor = match state.store.last_node_version(&token.node) {
+    let floor = match state.backend.last_node_version(&token.node).await {
         Ok(v) => v,
         Err(e) => return unavailable(&e),
     };
-    let stored = state.store.update_node(&token.node, |current| {
-        // A new enrollment replaces the old one entirely: certificates issued before it
-        // stop counting at once. Versions never repeat, so a stale If-Match cannot act on it.
-        let version = current.map_or(floor, |c| c.version).saturating_add(1);
-        let rec = NodeRecord {
-            name: node.clone(),
-            spiffe_id,
-            enrolled_at: now.as_secs(),
-            version,
-            certs: vec![NodeCert {
-                sha256: fp,
-                not_after,
-            }],
-        };
-        Ok((Some(rec), ()))
-    });
+    let stored = state
+        .backend
+        .update_node(&token.node, |current| {
+            // A new enrollment replaces the old one entirely: certificates issued before it
+            // stop counting at once. Versions never repeat, so a stale If-Match cannot act on it.
+            let version = current.map_or(floor, |c| c.version).saturating_add(1);
+            let rec = NodeRecord {
+                name: node.clone(),
+                spiffe_id: spiffe_id.clone(),
+                enrolled_at: now.as_secs(),
+                version,
+                certs: vec![NodeCert {
+                    sha256: fp.clone(),
+                    not_after,
+                }],
+            };
+            Ok((Some(rec), ()))
+        })
+        .await;
     if let Err(e) = stored {
         return unavailable(&e);
     }
@@ -549,20 +564,23 @@ pub async fn renew(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse
         Err(e) => return refuse(&e),
     };
     let new_fp = cert_sha256(&cert);
-    let updated = state.store.update_node(&name, |current| match current {
-        // Only the newest certificate renews: a superseded (possibly leaked) one cannot
-        // push the node's current key out. Revoked since the check: refuse.
-        Some(mut rec) if rec.certs.last().is_some_and(|c| c.sha256 == fp) => {
-            rec.certs.retain(|c| c.sha256 == fp && c.not_after > n);
-            rec.certs.push(NodeCert {
-                sha256: new_fp,
-                not_after,
-            });
-            rec.version = rec.version.saturating_add(1);
-            Ok((Some(rec), true))
-        }
-        other => Ok((other, false)),
-    });
+    let updated = state
+        .backend
+        .update_node(&name, |current| match current {
+            // Only the newest certificate renews: a superseded (possibly leaked) one cannot
+            // push the node's current key out. Revoked since the check: refuse.
+            Some(mut rec) if rec.certs.last().is_some_and(|c| c.sha256 == fp) => {
+                rec.certs.retain(|c| c.sha256 == fp && c.not_after > n);
+                rec.certs.push(NodeCert {
+                    sha256: new_fp.clone(),
+                    not_after,
+                });
+                rec.version = rec.version.saturating_add(1);
+                Ok((Some(rec), true))
+            }
+            other => Ok((other, false)),
+        })
+        .await;
     match updated {
         Ok(true) => {
             audit_enroll("renew", "allow", Some(&name), "ok");
@@ -588,7 +606,7 @@ pub async fn list_nodes(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
     if let Err(resp) = check_admin(&req, &state) {
         return *resp;
     }
-    match state.store.nodes() {
+    match state.backend.nodes().await {
         Ok(nodes) => HttpResponse::Ok()
             .json(json!({"nodes": nodes.iter().map(node_json).collect::<Vec<_>>()})),
         Err(e) => unavailable(&e),
@@ -604,7 +622,7 @@ pub async fn get_node(
     if let Err(resp) = check_admin(&req, &state) {
         return *resp;
     }
-    match state.store.node(&name) {
+    match state.backend.node(&name).await {
         Ok(Some(rec)) => HttpResponse::Ok()
             .insert_header((header::ETAG, format!("\"{}\"", rec.version)))
             .json(node_json(&rec)),
@@ -640,7 +658,7 @@ pub async fn delete_node(
             "If-Match is required",
         );
     };
-    let result = state.store.revoke_node(&name, &if_match);
+    let result = state.backend.revoke_node(&name, &if_match).await;
     match result {
         Ok(Revocation::Revoked) => {
             tracing::info!(event = "revoke", decision = "allow", reason = "ok", node = %name.as_str(), "node revoked");

@@ -13,17 +13,16 @@ use token_exchange::attestation::{NodeAuthorities, X509EvidenceVerifier};
 use token_exchange::exchange::{ExchangeSettings, Stores};
 use token_exchange::keys::{BrokerKeySource, KeyRing, RotationPolicy};
 use token_exchange::policy::Policy;
-use token_exchange::state::MemoryStore;
 use token_exchange::subject::Validator;
 use trust_bundles::bundle::X509Authority;
 use trust_bundles::{Clock, SystemClock};
 use trust_bundles::{SpiffeBundle, TrustDomain};
 
+use crate::backend::Backend;
+use crate::config::Config;
 use crate::config::Env;
-use crate::config::{Config, StateConfig};
 use crate::nodes::{NodeCa, StoreNodeStatus};
 use crate::server::{self, AdminToken, AppState};
-use crate::store::DurableStore;
 
 /// How often the key ring is brought up to date.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
@@ -84,26 +83,63 @@ fn foreign_node_cas(
     Ok(out)
 }
 
+/// Loads the signing keys from the backend, brings them up to date at `now` and stores
+/// them back if that changed anything. Replicas racing to rotate agree through the
+/// backend's compare-and-set: the loser takes the winner's keys.
+///
+/// A backend that lost its keys (a Redis flushed or rebuilt without persistence) is
+/// re-seeded from `current`, the ring this process holds, so tokens already issued keep
+/// verifying on every replica.
+async fn sync_keys(
+    backend: &Backend,
+    cfg: &Config,
+    now: trust_bundles::UnixTime,
+    current: Option<&RwLock<KeyRing>>,
+) -> Result<(KeyRing, u64), ServeError> {
+    for _ in 0..8 {
+        let (mut records, seq) = backend.load_keys().await?;
+        if seq == 0
+            && records.is_empty()
+            && let Some(current) = current
+        {
+            records = current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .records();
+            if !records.is_empty() {
+                tracing::warn!("the state backend holds no signing keys: re-seeding it with ours");
+            }
+        }
+        let mut ring = KeyRing::from_records(records)?;
+        let changed = ring.maintain(&cfg.keys.algorithms, &rotation(cfg), now)?;
+        if !changed && seq != 0 {
+            return Ok((ring, seq));
+        }
+        if let Some(seq) = backend.save_keys(&ring.records(), seq).await? {
+            return Ok((ring, seq));
+        }
+    }
+    Err(ServeError::Config(
+        "signing keys: the backend kept changing under us".into(),
+    ))
+}
+
 /// Opens state and builds the application, without binding anything.
-pub fn build(
+pub async fn build(
     cfg: &Config,
     clock: Arc<dyn Clock>,
     admin_token: Option<AdminToken>,
 ) -> Result<Arc<AppState>, ServeError> {
-    let StateConfig::Embedded { path } = &cfg.state;
-    let store = Arc::new(DurableStore::open(path)?);
-    let mut ring = KeyRing::from_records(store.load_keys()?)?;
-    let mut seq = store.bundle_sequence()?;
-    if ring.maintain(&cfg.keys.algorithms, &rotation(cfg), clock.now())? || seq == 0 {
-        seq = store.save_keys(&ring.records())?;
-    }
+    let backend = Backend::open(&cfg.state).await?;
+    let (ring, seq) = sync_keys(&backend, cfg, clock.now(), None).await?;
     let ring = Arc::new(RwLock::new(ring));
     let node_ca = Arc::new(
-        NodeCa::load_or_create(&store, &cfg.local_trust_domain, clock.now())
+        NodeCa::load_or_create(&backend, &cfg.local_trust_domain, clock.now())
+            .await
             .map_err(ServeError::Config)?,
     );
     let node_status = Arc::new(StoreNodeStatus {
-        store: store.clone(),
+        store: backend.clone(),
         trust_domain: cfg.local_trust_domain.clone(),
     });
     let authorities = NodeAuthorities {
@@ -134,10 +170,6 @@ pub fn build(
         }),
     ));
     let validator = Validator::new(cfg.domains.clone(), keys, cfg.clock_skew);
-    // Separate stores, separate budgets: a flood of unused nonces cannot crowd out the
-    // DPoP replay marks every exchange needs.
-    let nonces = Arc::new(MemoryStore::new());
-    let replay = Arc::new(MemoryStore::new());
     let exchanger = Exchanger::new(
         ExchangeSettings {
             issuer: cfg.issuer.clone(),
@@ -148,12 +180,12 @@ pub fn build(
         Policy::new(cfg.boundaries.clone()),
         ring.clone(),
         Stores {
-            nonces,
-            replay,
+            nonces: backend.nonces(),
+            replay: backend.replay(),
             // Durable: a restart must not reopen a single-use token's window.
-            single_use: store.clone(),
+            single_use: backend.single_use(),
             // Durable: a revocation must survive a restart.
-            revocations: store.clone(),
+            revocations: backend.revocations(),
         },
         verifier,
         clock.clone(),
@@ -161,7 +193,6 @@ pub fn build(
     Ok(Arc::new(AppState {
         exchanger,
         ring,
-        store,
         clock,
         issuer: cfg.issuer.clone(),
         local_trust_domain: cfg.local_trust_domain.clone(),
@@ -169,39 +200,27 @@ pub fn build(
         node_ca,
         node_status,
         admin_token,
-        renewals: Arc::new(MemoryStore::new()),
+        renewals: backend.replay(),
+        backend,
         live,
         clients: cfg.clients.clone(),
     }))
 }
 
-/// Brings the ring up to date and persists it when it changed.
-fn maintain(state: &AppState, cfg: &Config) {
-    let records = {
-        let mut ring = state.ring.write().unwrap_or_else(PoisonError::into_inner);
-        match ring.maintain(&cfg.keys.algorithms, &rotation(cfg), state.clock.now()) {
-            Ok(true) => Some(ring.records()),
-            Ok(false) => None,
-            Err(e) => {
-                tracing::error!(error = %e, "key rotation failed");
-                None
+/// Brings the ring up to date (and, on Redis, takes other replicas' rotations).
+async fn maintain(state: &AppState, cfg: &Config) {
+    match sync_keys(&state.backend, cfg, state.clock.now(), Some(&state.ring)).await {
+        Ok((ring, seq)) => {
+            let before = state
+                .bundle_sequence
+                .swap(seq, std::sync::atomic::Ordering::SeqCst);
+            *state.ring.write().unwrap_or_else(PoisonError::into_inner) = ring;
+            if before != seq {
+                tracing::info!(bundle_sequence = seq, "signing keys updated");
             }
         }
-    };
-    if let Some(records) = records {
-        match state.store.save_keys(&records) {
-            Ok(seq) => {
-                state
-                    .bundle_sequence
-                    .store(seq, std::sync::atomic::Ordering::SeqCst);
-                tracing::info!(
-                    keys = records.len(),
-                    bundle_sequence = seq,
-                    "signing keys rotated"
-                );
-            }
-            Err(e) => tracing::error!(error = %e, "persisting rotated keys failed"),
-        }
+        // The ring in memory keeps serving; the next round tries again.
+        Err(e) => tracing::error!(error = %e, "key maintenance failed"),
     }
 }
 
@@ -276,7 +295,7 @@ pub async fn run_with(cfg: Config, admin_token: Option<AdminToken>) -> Result<()
     if admin_token.is_none() {
         tracing::info!(env = %cfg.admin_token_env, "no admin token set: the admin API is disabled");
     }
-    let state = build(&cfg, clock, admin_token)?;
+    let state = build(&cfg, clock, admin_token).await?;
     let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
     // Everything a refresher needs is read now, before binding: no half-start.
     let fetch_policies = fetch_policies(&cfg)?;
@@ -299,7 +318,7 @@ pub async fn run_with(cfg: Config, admin_token: Option<AdminToken>) -> Result<()
         issuer = %cfg.issuer,
         trust_domains = cfg.domains.len().saturating_sub(1),
         boundaries = cfg.boundaries.len(),
-        state = %state.store.path().display(),
+        state = %state.backend.describe(),
         "trustbroker is serving"
     );
 
@@ -309,7 +328,7 @@ pub async fn run_with(cfg: Config, admin_token: Option<AdminToken>) -> Result<()
         let mut tick = actix_web::rt::time::interval(MAINTENANCE_EVERY);
         loop {
             tick.tick().await;
-            maintain(&maint_state, &maint_cfg);
+            maintain(&maint_state, &maint_cfg).await;
         }
     });
     let refreshers: Vec<_> = fetch_policies

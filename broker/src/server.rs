@@ -16,8 +16,6 @@ use token_exchange::{ErrorCode, Exchanger, Inbound};
 use trust_bundles::bundle::JwtAuthority;
 use trust_bundles::{Clock, SpiffeBundle, Stopwatch};
 
-use crate::store::DurableStore;
-
 /// Largest `/token` body accepted (SPEC §4).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -45,7 +43,7 @@ impl std::fmt::Debug for AdminToken {
 pub struct AppState {
     pub exchanger: Exchanger,
     pub ring: Arc<RwLock<KeyRing>>,
-    pub store: Arc<DurableStore>,
+    pub backend: crate::backend::Backend,
     pub clock: Arc<dyn Clock>,
     pub issuer: String,
     pub local_trust_domain: trust_bundles::TrustDomain,
@@ -53,7 +51,8 @@ pub struct AppState {
     pub node_ca: Arc<crate::nodes::NodeCa>,
     pub node_status: Arc<crate::nodes::StoreNodeStatus>,
     pub admin_token: Option<AdminToken>,
-    pub renewals: Arc<token_exchange::state::MemoryStore>,
+    /// Renewal request `jti`s, single use (shared by replicas on Redis).
+    pub renewals: Arc<dyn token_exchange::state::ReplayStore>,
     pub live: Arc<crate::federated::LiveBundles>,
     /// Resource servers that may call `/introspect` and `/revoke`.
     pub clients: Vec<crate::config::ClientConfig>,
@@ -366,7 +365,7 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let store_ok = state.store.ping().is_ok();
+    let store_ok = state.backend.ping().await.is_ok();
     let keys_ok = {
         let ring = state.ring.read().unwrap_or_else(PoisonError::into_inner);
         ring.signer(SigningAlg::ES256, state.clock.now()).is_ok()

@@ -110,8 +110,29 @@ impl DurableStore {
     /// Replaces the stored keys with `records` and advances the bundle sequence, in one
     /// transaction. Returns the new sequence.
     pub fn save_keys(&self, records: &[KeyRecord]) -> Result<u64, StoreError> {
+        self.save_keys_if(records, None)
+            .map(|s| s.unwrap_or_default())
+    }
+
+    /// [`DurableStore::save_keys`] if the sequence is still `expected` (when given):
+    /// `None` when it moved on.
+    pub fn save_keys_if(
+        &self,
+        records: &[KeyRecord],
+        expected: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         let seq = {
+            if let Some(expected) = expected {
+                let meta = tx.open_table(META).map_err(db_err)?;
+                let cur = meta
+                    .get(BUNDLE_SEQUENCE)
+                    .map_err(db_err)?
+                    .map_or(0, |v| v.value());
+                if cur != expected {
+                    return Ok(None);
+                }
+            }
             let mut keys = tx.open_table(KEYS).map_err(db_err)?;
             keys.retain(|_, _| false).map_err(db_err)?;
             for r in records {
@@ -129,7 +150,7 @@ impl DurableStore {
             seq
         };
         tx.commit().map_err(db_err)?;
-        Ok(seq)
+        Ok(Some(seq))
     }
 
     /// The current bundle sequence (0 before any key was stored).

@@ -11,3 +11,4 @@
 
 pub mod broker;
 pub mod issuers;
+pub mod redis;

@@ -282,9 +282,23 @@ fn domain_and_boundary_rules() {
         p.iter().any(|l| l.contains("boundary[0].token_type")),
         "{p:?}"
     );
-    // The redis backend is not in this build yet: said plainly, not silently ignored.
-    let p = problems(dir.path(), "[state]\nbackend = \"redis\"\n");
-    assert!(p[0].contains("state.backend"), "{p:?}");
+    // The redis backend needs a URL and a 32-byte state key from the environment; the
+    // embedded backend's keys do not apply to it, nor its keys to the embedded one.
+    let p = problems(dir.path(), "[state]\nbackend = \"redis\"\npath = \"x\"\n");
+    for k in ["state.url", "state.key_encryption_env", "state.path"] {
+        assert!(p.iter().any(|l| l.contains(k)), "{k}: {p:?}");
+    }
+    let p = problems(
+        dir.path(),
+        "[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nkey_encryption_env = \"PAYMENTS_API_SECRET\"\n",
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains("PAYMENTS_API_SECRET must hold 32 bytes")),
+        "a secret that is not a 32-byte key: {p:?}"
+    );
+    let p = problems(dir.path(), "[state]\nkey_encryption_env = \"X\"\n");
+    assert!(p[0].contains("state.key_encryption_env"), "{p:?}");
     // Client secrets come from the environment and must be there.
     let p = problems(
         dir.path(),

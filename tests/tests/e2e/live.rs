@@ -126,7 +126,7 @@ struct Live {
 }
 
 impl Live {
-    fn new(endpoint: &Endpoint, other: &IssuerKey) -> Self {
+    async fn new(endpoint: &Endpoint, other: &IssuerKey) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), &endpoint.ca_pem).unwrap();
         std::fs::write(dir.path().join("other.json"), other.bundle_json("o")).unwrap();
@@ -165,7 +165,9 @@ bundle_file = "other.json"
         )
         .unwrap();
         let clock = Arc::new(ManualClock::new(UnixTime::from_secs(now())));
-        let state = broker::serve::build(&cfg, clock.clone(), None).unwrap();
+        let state = broker::serve::build(&cfg, clock.clone(), None)
+            .await
+            .unwrap();
         let (endpoint, policy) = broker::serve::fetch_policies(&cfg)
             .unwrap()
             .into_iter()
@@ -252,7 +254,7 @@ async fn rotation_rollback_and_outage_follow_the_bundle_endpoint_on_an_injected_
     let (a, b, other) = (IssuerKey::es256(), IssuerKey::es256(), IssuerKey::es256());
     let ep = Endpoint::start(Duration::ZERO);
     ep.serve(bundle(1, &[("a", &a)]));
-    let live = Live::new(&ep, &other);
+    let live = Live::new(&ep, &other).await;
     let app = live.app().await;
     let (dom_a, dom_b) = ("cluster-a.example", "cluster-b.example");
 
@@ -308,7 +310,7 @@ async fn a_thousand_first_askers_with_bogus_kids_cause_one_fetch() {
     // Each answer takes 300 ms, so every asker arrives while the fetch is in flight.
     let ep = Endpoint::start(Duration::from_millis(300));
     ep.serve(bundle(1, &[("a", &a)]));
-    let live = Live::new(&ep, &other);
+    let live = Live::new(&ep, &other).await;
     let app = live.app().await;
     let dom = "cluster-a.example";
     live.refresh().await;

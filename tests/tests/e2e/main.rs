@@ -9,11 +9,13 @@
 )]
 
 mod attestation;
+mod contract;
 mod federate;
 mod fetch;
 mod google_auth;
 mod hostile;
 mod live;
+mod replicas;
 mod revoke;
 mod serve;
 #[allow(

@@ -1,0 +1,684 @@
+//! State on Redis (or Redis Cluster), shared by every replica (SPEC §3, §9).
+//!
+//! Every operation is one round trip: nonces are consumed with `GETDEL`, single-use and
+//! replay markers are `SET NX` with an expiry at the marked thing's `exp`, revocations
+//! are read with one `MGET`, and compare-and-set updates run as Lua scripts. Keys that
+//! must change together share a hash tag so they live in one cluster slot. Signing keys
+//! and the node CA key are sealed with AES-256-GCM under a key from the environment.
+//!
+//! Any error — Redis down, a timeout, a cluster resharding — is a [`StoreError`], which
+//! the exchange turns into `503 temporarily_unavailable`: nothing is issued on a guess.
+//! The connection reconnects by itself when Redis returns.
+
+use std::time::Duration;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::digest;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
+use token_exchange::keys::KeyRecord;
+use token_exchange::state::{BoxFuture, NonceStore, ReplayStore, RevocationStore, StateError};
+use trust_bundles::UnixTime;
+
+use crate::store::{JoinTokenRecord, NodeRecord, Revocation, StoreError, StoredCa};
+
+/// How long one operation may take before it counts as an outage.
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Compare-and-set attempts before giving up (contention is rare: admin operations).
+const CAS_ATTEMPTS: usize = 16;
+
+const KEYS_BLOB: &str = "tb:{keys}:blob";
+const KEYS_SEQ: &str = "tb:{keys}:seq";
+const NODE_CA: &str = "tb:node_ca";
+const NODE_NAMES: &str = "tb:nodes";
+
+fn node_key(name: &str) -> String {
+    format!("tb:{{n:{name}}}:rec")
+}
+fn node_last_version(name: &str) -> String {
+    format!("tb:{{n:{name}}}:last")
+}
+fn node_joins(name: &str) -> String {
+    format!("tb:{{n:{name}}}:joins")
+}
+fn join_key(digest: &str) -> String {
+    format!("tb:join:{digest}")
+}
+/// Untrusted strings (nonces, `jti`s) become fixed-length keys.
+fn hashed(prefix: &str, s: &str) -> String {
+    let d = digest::digest(&digest::SHA256, s.as_bytes());
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(d))
+}
+/// Every revocation lives in one slot, so one `MGET` answers a whole check.
+fn revocation_key(storage_key: &str) -> String {
+    format!("tb:{{rev}}:{storage_key}")
+}
+
+/// A single server through a reconnecting manager, or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Seals secrets at rest: AES-256-GCM, a random nonce per write, and the Redis key as
+/// associated data so a sealed value cannot be moved to another key.
+struct Sealer(LessSafeKey);
+
+impl Sealer {
+    fn new(key: &[u8; 32]) -> Result<Self, StoreError> {
+        UnboundKey::new(&AES_256_GCM, key)
+            .map(|k| Self(LessSafeKey::new(k)))
+            .map_err(|_| StoreError::Db("state key rejected".into()))
+    }
+
+    fn seal(&self, aad: &str, plain: &[u8]) -> Result<String, StoreError> {
+        let nonce: [u8; NONCE_LEN] =
+            aws_lc_rs::rand::generate(&aws_lc_rs::rand::SystemRandom::new())
+                .map_err(|_| StoreError::Db("no randomness".into()))?
+                .expose();
+        let mut buf = plain.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| StoreError::Db("sealing failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(format!("v1.{}", STANDARD.encode(out)))
+    }
+
+    fn open(&self, aad: &str, sealed: &str) -> Result<Vec<u8>, StoreError> {
+        let corrupt = || {
+            StoreError::Corrupt(format!(
+                "{aad}: cannot be opened with this state key (wrong key, or tampered)"
+            ))
+        };
+        let raw = sealed
+            .strip_prefix("v1.")
+            .and_then(|b| STANDARD.decode(b).ok())
+            .ok_or_else(corrupt)?;
+        let (nonce, ct) = raw.split_at_checked(NONCE_LEN).ok_or_else(corrupt)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| corrupt())?;
+        let mut buf = ct.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf)
+            .map_err(|_| corrupt())?;
+        Ok(plain.to_vec())
+    }
+}
+
+/// The Redis backend.
+pub struct RedisState {
+    conn: Conn,
+    sealer: Sealer,
+    url: String,
+}
+
+impl std::fmt::Debug for RedisState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisState")
+            .field("url", &redact_url(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_auth, rest)) => {
+            let scheme = scheme_auth.split("://").next().unwrap_or("redis");
+            format!("{scheme}://[redacted]@{rest}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn redis_err(e: redis::RedisError) -> StoreError {
+    StoreError::Db(format!("redis: {e}"))
+}
+
+impl RedisState {
+    /// Connects to `url` (`redis://…`, `rediss://…`, or `redis+cluster://h1,h2,h3`).
+    pub async fn connect(url: &str, key: &[u8; 32]) -> Result<Self, StoreError> {
+        let conn = if let Some(hosts) = url.strip_prefix("redis+cluster://") {
+            let nodes: Vec<String> = hosts
+                .split(',')
+                .map(|h| format!("redis://{}", h.trim()))
+                .collect();
+            let client = redis::cluster::ClusterClient::builder(nodes)
+                .connection_timeout(OP_TIMEOUT)
+                .response_timeout(OP_TIMEOUT)
+                .retries(2)
+                .build()
+                .map_err(redis_err)?;
+            Conn::Cluster(
+                tokio::time::timeout(OP_TIMEOUT * 5, client.get_async_connection())
+                    .await
+                    .map_err(|_| StoreError::Db("redis cluster: connect timed out".into()))?
+                    .map_err(redis_err)?,
+            )
+        } else {
+            let client = redis::Client::open(url).map_err(redis_err)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(OP_TIMEOUT))
+                .set_response_timeout(Some(OP_TIMEOUT))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(
+                tokio::time::timeout(
+                    OP_TIMEOUT * 5,
+                    client.get_connection_manager_with_config(config),
+                )
+                .await
+                .map_err(|_| StoreError::Db("redis: connect timed out".into()))?
+                .map_err(redis_err)?,
+            )
+        };
+        Ok(Self {
+            conn,
+            sealer: Sealer::new(key)?,
+            url: url.to_owned(),
+        })
+    }
+
+    /// The URL, password redacted.
+    pub fn describe(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(OP_TIMEOUT, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| StoreError::Db("redis: timed out".into()))?
+            .map_err(redis_err)
+    }
+
+    async fn script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(OP_TIMEOUT, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| StoreError::Db("redis: timed out".into()))?
+            .map_err(redis_err)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.query(&redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Db(format!("redis: PING answered {pong}")))
+        }
+    }
+
+    /// The stored signing keys and their sequence (0 before any were stored).
+    pub async fn load_keys(&self) -> Result<(Vec<KeyRecord>, u64), StoreError> {
+        let (blob, seq): (Option<String>, Option<u64>) = self
+            .query(redis::cmd("MGET").arg(KEYS_BLOB).arg(KEYS_SEQ))
+            .await?;
+        let records = match blob {
+            None => Vec::new(),
+            Some(b) => {
+                let plain = self.sealer.open(KEYS_BLOB, &b)?;
+                serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+        };
+        Ok((records, seq.unwrap_or(0)))
+    }
+
+    /// Stores `records` if the sequence is still `expected`: `Some(new sequence)`, or
+    /// `None` when another replica wrote first.
+    pub async fn save_keys(
+        &self,
+        records: &[KeyRecord],
+        expected: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let plain = serde_json::to_vec(records).map_err(|e| StoreError::Db(e.to_string()))?;
+        let sealed = self.sealer.seal(KEYS_BLOB, &plain)?;
+        let script = Script::new(
+            r"local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+              if cur ~= tonumber(ARGV[1]) then return -1 end
+              redis.call('SET', KEYS[1], ARGV[2])
+              return redis.call('INCR', KEYS[2])",
+        );
+        let seq: i64 = self
+            .script(
+                &script,
+                &[KEYS_BLOB, KEYS_SEQ],
+                &[&expected.to_string(), &sealed],
+            )
+            .await?;
+        Ok(u64::try_from(seq).ok())
+    }
+
+    pub async fn node_ca(&self) -> Result<Option<StoredCa>, StoreError> {
+        let v: Option<String> = self.query(redis::cmd("GET").arg(NODE_CA)).await?;
+        v.map(|sealed| {
+            let plain = self.sealer.open(NODE_CA, &sealed)?;
+            serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .transpose()
+    }
+
+    /// Stores the node CA unless one exists; returns the stored one (replicas racing at
+    /// first start agree).
+    pub async fn init_node_ca(&self, ca: &StoredCa) -> Result<StoredCa, StoreError> {
+        let plain = serde_json::to_vec(ca).map_err(|e| StoreError::Db(e.to_string()))?;
+        let sealed = self.sealer.seal(NODE_CA, &plain)?;
+        let _: Option<String> = self
+            .query(redis::cmd("SET").arg(NODE_CA).arg(sealed).arg("NX"))
+            .await?;
+        self.node_ca()
+            .await?
+            .ok_or_else(|| StoreError::Db("node CA vanished".into()))
+    }
+
+    pub async fn put_join_token(
+        &self,
+        digest: &str,
+        token: &JoinTokenRecord,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(token).map_err(|e| StoreError::Db(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(join_key(digest))
+            .arg(json)
+            .arg("EXAT")
+            .arg(token.expires_at.max(1))
+            .ignore()
+            .cmd("SADD")
+            .arg(node_joins(&token.node))
+            .arg(digest)
+            .ignore();
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| StoreError::Db("redis: timed out".into()))?
+            .map_err(redis_err)
+    }
+
+    /// Removes and returns the join token: of any number of callers, one gets it.
+    pub async fn take_join_token(
+        &self,
+        digest: &str,
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let v: Option<String> = self
+            .query(redis::cmd("GETDEL").arg(join_key(digest)))
+            .await?;
+        v.map(|j| serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn node_raw(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.query(redis::cmd("GET").arg(node_key(name))).await
+    }
+
+    pub async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        self.node_raw(name)
+            .await?
+            .map(|j| serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let names: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(NODE_NAMES)).await?;
+        let mut out = Vec::new();
+        for n in names {
+            if let Some(rec) = self.node(&n).await? {
+                out.push(rec);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub async fn last_node_version(&self, name: &str) -> Result<u64, StoreError> {
+        let v: Option<u64> = self
+            .query(redis::cmd("GET").arg(node_last_version(name)))
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Replaces the node record if it is still `old` (compare and set).
+    async fn cas_node(
+        &self,
+        name: &str,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let script = Script::new(
+            r"local cur = redis.call('GET', KEYS[1])
+              if (cur or '') ~= ARGV[1] then return 0 end
+              if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+              return 1",
+        );
+        let ok: i64 = self
+            .script(
+                &script,
+                &[&node_key(name)],
+                &[old.unwrap_or(""), new.unwrap_or("")],
+            )
+            .await?;
+        Ok(ok == 1)
+    }
+
+    /// Applies `f` to the node record and writes what it returns, atomically with respect
+    /// to every replica (retried on contention).
+    pub async fn update_node<T>(
+        &self,
+        name: &str,
+        mut f: impl FnMut(Option<NodeRecord>) -> Result<(Option<NodeRecord>, T), StoreError>,
+    ) -> Result<T, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let raw = self.node_raw(name).await?;
+            let current = raw
+                .as_deref()
+                .map(|j| serde_json::from_str(j).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()?;
+            let (next, out) = f(current)?;
+            let next_json = next
+                .as_ref()
+                .map(|r| serde_json::to_string(r).map_err(|e| StoreError::Db(e.to_string())))
+                .transpose()?;
+            if self
+                .cas_node(name, raw.as_deref(), next_json.as_deref())
+                .await?
+            {
+                let cmd = if next.is_some() { "SADD" } else { "SREM" };
+                let _: i64 = self
+                    .query(redis::cmd(cmd).arg(NODE_NAMES).arg(name))
+                    .await?;
+                return Ok(out);
+            }
+        }
+        Err(StoreError::Db("node record: too much contention".into()))
+    }
+
+    /// Deletes the node if its version is `if_match`, remembers that version, and cancels
+    /// its pending join tokens.
+    pub async fn revoke_node(&self, name: &str, if_match: &str) -> Result<Revocation, StoreError> {
+        let script = Script::new(
+            r"local cur = redis.call('GET', KEYS[1])
+              if not cur then return 0 end
+              local v = cjson.decode(cur)['version']
+              if tostring(v) ~= ARGV[1] then return -1 end
+              redis.call('DEL', KEYS[1])
+              redis.call('SET', KEYS[2], v)
+              return 1",
+        );
+        let r: i64 = self
+            .script(
+                &script,
+                &[&node_key(name), &node_last_version(name)],
+                &[if_match],
+            )
+            .await?;
+        match r {
+            1 => {
+                let _: i64 = self
+                    .query(redis::cmd("SREM").arg(NODE_NAMES).arg(name))
+                    .await?;
+                let digests: Vec<String> = self
+                    .query(redis::cmd("SMEMBERS").arg(node_joins(name)))
+                    .await?;
+                for d in digests {
+                    let _: i64 = self.query(redis::cmd("DEL").arg(join_key(&d))).await?;
+                }
+                let _: i64 = self.query(redis::cmd("DEL").arg(node_joins(name))).await?;
+                Ok(Revocation::Revoked)
+            }
+            0 => Ok(Revocation::Missing),
+            _ => Ok(Revocation::Stale),
+        }
+    }
+
+    /// `SET key value EXAT exp NX`: `true` if the key was not there.
+    async fn set_nx(
+        &self,
+        key: &str,
+        value: u64,
+        exp: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        // An expiry already past would make Redis drop the key at once; keep it a second.
+        let exat = exp.as_secs().max(now.as_secs().saturating_add(1));
+        let r: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("EXAT")
+                    .arg(exat)
+                    .arg("NX"),
+            )
+            .await?;
+        Ok(r.is_some())
+    }
+}
+
+fn state_err(e: StoreError) -> StateError {
+    StateError(e.to_string())
+}
+
+impl NonceStore for RedisState {
+    fn issue<'a>(
+        &'a self,
+        nonce: &'a str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            let key = hashed("tb:nonce:", nonce);
+            self.set_nx(&key, expires_at.as_secs(), expires_at, now)
+                .await
+                .map(|_| ())
+                .map_err(state_err)
+        })
+    }
+
+    fn consume<'a>(
+        &'a self,
+        nonce: &'a str,
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<bool, StateError>> {
+        Box::pin(async move {
+            let key = hashed("tb:nonce:", nonce);
+            let exp: Option<u64> = self
+                .query(redis::cmd("GETDEL").arg(key))
+                .await
+                .map_err(state_err)?;
+            Ok(exp.is_some_and(|exp| exp > now.as_secs()))
+        })
+    }
+}
+
+impl ReplayStore for RedisState {
+    fn check_and_mark<'a>(
+        &'a self,
+        key: &'a str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<bool, StateError>> {
+        Box::pin(async move {
+            // The value is the mark's own expiry, compared on our clock (Redis's expiry
+            // only reclaims the memory), so every backend answers alike.
+            let script = Script::new(
+                r"local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+                  if cur > tonumber(ARGV[2]) then return 0 end
+                  redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
+                  return 1",
+            );
+            let exat = expires_at.as_secs().max(now.as_secs().saturating_add(1));
+            let first: i64 = self
+                .script(
+                    &script,
+                    &[&hashed("tb:seen:", key)],
+                    &[
+                        &expires_at.as_secs().to_string(),
+                        &now.as_secs().to_string(),
+                        &exat.to_string(),
+                    ],
+                )
+                .await
+                .map_err(state_err)?;
+            Ok(first == 1)
+        })
+    }
+}
+
+impl RevocationStore for RedisState {
+    fn revoke<'a>(
+        &'a self,
+        key: &'a str,
+        at: UnixTime,
+        keep_until: UnixTime,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            // The value is "<revoked at>:<kept until>"; revoking again keeps the later of
+            // each.
+            let script = Script::new(
+                r"local old = redis.call('GET', KEYS[1])
+                  local at, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
+                  if old then
+                    local oa, ok = string.match(old, '^(%d+):(%d+)$')
+                    if oa then
+                      at = math.max(at, tonumber(oa))
+                      keep = math.max(keep, tonumber(ok))
+                    end
+                  end
+                  redis.call('SET', KEYS[1], at .. ':' .. keep, 'EXAT', keep)
+                  return at",
+            );
+            let keep = keep_until.as_secs().max(at.as_secs().saturating_add(1));
+            let _: i64 = self
+                .script(
+                    &script,
+                    &[&revocation_key(key)],
+                    &[&at.as_secs().to_string(), &keep.to_string()],
+                )
+                .await
+                .map_err(state_err)?;
+            Ok(())
+        })
+    }
+
+    fn revoked_at<'a>(
+        &'a self,
+        keys: &'a [String],
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<Vec<Option<UnixTime>>, StateError>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut cmd = redis::cmd("MGET");
+            for k in keys {
+                cmd.arg(revocation_key(k));
+            }
+            let found: Vec<Option<String>> = self.query(&cmd).await.map_err(state_err)?;
+            found
+                .into_iter()
+                .map(|v| match v {
+                    None => Ok(None),
+                    Some(v) => {
+                        let (at, keep) = v
+                            .split_once(':')
+                            .and_then(|(a, k)| {
+                                Some((a.parse::<u64>().ok()?, k.parse::<u64>().ok()?))
+                            })
+                            .ok_or_else(|| StateError("revocation entry is corrupt".into()))?;
+                        Ok((keep > now.as_secs()).then(|| UnixTime::from_secs(at)))
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_under_their_key_and_name() {
+        let s = Sealer::new(&[7; 32]).unwrap_or_else(|_| unreachable!());
+        let sealed = s.seal("tb:{keys}:blob", b"secret").unwrap_or_default();
+        assert!(!sealed.contains("secret"));
+        assert_eq!(
+            s.open("tb:{keys}:blob", &sealed).ok().as_deref(),
+            Some(&b"secret"[..])
+        );
+        assert!(
+            s.open("tb:node_ca", &sealed).is_err(),
+            "moved to another key"
+        );
+        let other = Sealer::new(&[8; 32]).unwrap_or_else(|_| unreachable!());
+        assert!(
+            other.open("tb:{keys}:blob", &sealed).is_err(),
+            "another state key"
+        );
+        let mut tampered = sealed.clone();
+        tampered.pop();
+        tampered.push('A');
+        assert!(s.open("tb:{keys}:blob", &tampered).is_err() || tampered == sealed);
+    }
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact_url("redis://user:hunter2@10.0.0.1:6379/0"),
+            "redis://[redacted]@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}
