@@ -124,6 +124,17 @@ impl LiveBundles {
         }
     }
 
+    /// Per live domain: the age of its held keys, and whether they may be used now.
+    pub fn status(&self, now: UnixTime) -> Vec<(String, Option<Duration>, bool)> {
+        let map = self.domains.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = map
+            .iter()
+            .map(|(d, s)| (d.clone(), s.held.age(now), s.held.usable(now).is_some()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     fn with<T>(&self, domain: &str, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
         let mut map = self.domains.write().unwrap_or_else(PoisonError::into_inner);
         map.get_mut(domain).map(f)

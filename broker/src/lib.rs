@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod federated;
+pub mod metrics;
 pub mod nodes;
 pub mod redis_state;
 pub mod revocations;

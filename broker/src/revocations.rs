@@ -38,8 +38,9 @@ fn oauth(status: StatusCode, code: &str, description: &str) -> HttpResponse {
     b.json(json!({"error": code, "error_description": description}))
 }
 
-fn unavailable(e: &StateError) -> HttpResponse {
+fn unavailable(state: &AppState, e: &StateError) -> HttpResponse {
     tracing::error!(error = %e, "revocation store unavailable");
+    state.metrics.state_error();
     oauth(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::TemporarilyUnavailable.as_str(),
@@ -183,7 +184,7 @@ pub async fn introspect(
         Ok(answer) => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .json(answer.to_json()),
-        Err(e) => unavailable(&e),
+        Err(e) => unavailable(&state, &e),
     }
 }
 
@@ -205,7 +206,7 @@ pub async fn revoke(
     let now = state.clock.now();
     let own = match state.exchanger.verify_own(&token, now).await {
         Ok(own) => own,
-        Err(e) => return unavailable(&e),
+        Err(e) => return unavailable(&state, &e),
     };
     if let Some(own) = own {
         let target = Target::Token(own.id.clone());
@@ -218,7 +219,7 @@ pub async fn revoke(
                 Some(&target),
                 &e.to_string(),
             );
-            return unavailable(&e);
+            return unavailable(&state, &e);
         }
         audit_revoke(
             &caller,
@@ -309,7 +310,7 @@ pub async fn admin_revoke(
                     Some(id) => Target::Token(id),
                     None => return invalid("token", "not a compact JWS"),
                 },
-                Err(e) => return unavailable(&e),
+                Err(e) => return unavailable(&state, &e),
             }
         }
         Some("jti") => {
@@ -338,7 +339,7 @@ pub async fn admin_revoke(
             Some(&target),
             &e.to_string(),
         );
-        return unavailable(&e);
+        return unavailable(&state, &e);
     }
     audit_revoke(&caller, "allow", "ok", Some(&target), "admin revocation");
     HttpResponse::Created()

@@ -204,6 +204,7 @@ pub async fn build(
         backend,
         live,
         clients: cfg.clients.clone(),
+        metrics: crate::metrics::Metrics::new(),
     }))
 }
 

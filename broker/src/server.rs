@@ -56,6 +56,7 @@ pub struct AppState {
     pub live: Arc<crate::federated::LiveBundles>,
     /// Resource servers that may call `/introspect` and `/revoke`.
     pub clients: Vec<crate::config::ClientConfig>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for AppState {
@@ -87,6 +88,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(crate::revocations::admin_revoke),
         )
         .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
         .route("/readyz", web::get().to(readyz))
         .route("/v1/enroll", web::post().to(crate::nodes::enroll))
         .route("/v1/renew", web::post().to(crate::nodes::renew))
@@ -166,6 +168,7 @@ fn header_values<'a>(headers: &'a HeaderMap, name: &str) -> Result<Vec<&'a str>,
 
 /// A request refused before it reached the core still gets its audit line.
 fn refuse_early(
+    state: &AppState,
     code: ErrorCode,
     status: StatusCode,
     detail: &str,
@@ -176,6 +179,7 @@ fn refuse_early(
     r.reason = code.as_str();
     r.detail = Some(detail.to_owned());
     emit_audit(&r, watch);
+    state.metrics.exchange("deny", r.reason, watch.elapsed());
     oauth_error(code, status, None)
 }
 
@@ -199,6 +203,7 @@ async fn token(
         });
     if form_type != Some(true) {
         return refuse_early(
+            &state,
             ErrorCode::InvalidRequest,
             bad,
             "content type is not application/x-www-form-urlencoded",
@@ -213,6 +218,7 @@ async fn token(
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return refuse_early(
+            &state,
             ErrorCode::InvalidRequest,
             too_large,
             "body over 64 KiB",
@@ -224,6 +230,7 @@ async fn token(
         Ok(Ok(body)) => body,
         Ok(Err(_)) => {
             return refuse_early(
+                &state,
                 ErrorCode::InvalidRequest,
                 bad,
                 "body could not be read",
@@ -232,6 +239,7 @@ async fn token(
         }
         Err(_) => {
             return refuse_early(
+                &state,
                 ErrorCode::InvalidRequest,
                 too_large,
                 "body over 64 KiB",
@@ -240,7 +248,13 @@ async fn token(
         }
     };
     if std::str::from_utf8(&body).is_err() {
-        return refuse_early(ErrorCode::InvalidRequest, bad, "body is not UTF-8", &watch);
+        return refuse_early(
+            &state,
+            ErrorCode::InvalidRequest,
+            bad,
+            "body is not UTF-8",
+            &watch,
+        );
     }
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let (Ok(dpop), Ok(evidence)) = (
@@ -248,6 +262,7 @@ async fn token(
         header_values(req.headers(), "Runtime-Attestation"),
     ) else {
         return refuse_early(
+            &state,
             ErrorCode::InvalidRequest,
             bad,
             "a header is not visible ASCII",
@@ -264,6 +279,13 @@ async fn token(
         })
         .await;
     emit_audit(&outcome.audit, &watch);
+    let decision = match outcome.audit.decision {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+    };
+    state
+        .metrics
+        .exchange(decision, outcome.audit.reason, watch.elapsed());
     match outcome.result {
         Ok(resp) => no_store(HttpResponse::Ok().json(resp.to_json())),
         Err(refusal) => {
@@ -292,6 +314,9 @@ async fn challenge(state: web::Data<AppState>) -> HttpResponse {
         }
         Err(e) => {
             let code = e.code();
+            if code == ErrorCode::TemporarilyUnavailable {
+                state.metrics.state_error();
+            }
             oauth_error(code, status_of(code), None)
         }
     }
@@ -362,6 +387,17 @@ async fn bundle(state: web::Data<AppState>) -> HttpResponse {
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let now = state.clock.now();
+    let body = state
+        .metrics
+        .render(&state.live.status(now), state.backend.memory_sizes());
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body)
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {

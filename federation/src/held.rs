@@ -89,6 +89,11 @@ impl HeldBundle {
         self.bundle.as_ref()
     }
 
+    /// How long ago the held bundle was last confirmed (by a fetch or bootstrap).
+    pub fn age(&self, now: UnixTime) -> Option<std::time::Duration> {
+        self.confirmed_at.map(|at| now.saturating_since(at))
+    }
+
     pub fn freshness(&self, now: UnixTime) -> Freshness {
         let (Some(b), Some(at)) = (&self.bundle, self.confirmed_at) else {
             return Freshness::Unknown;

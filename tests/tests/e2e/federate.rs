@@ -119,6 +119,17 @@ fn keys_come_from_the_bundle_endpoint_and_each_change_is_audited() {
 
     // 4. Another key never validates.
     assert_eq!(exchange(&b, &IssuerKey::es256()), 400);
+
+    // 5. The domain's keys are usable and young, as /metrics says.
+    let metrics = reqwest::blocking::get(b.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"trustbroker_bundle_usable{domain="cluster-a.example"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"trustbroker_bundle_age_seconds{domain="cluster-a.example"}"#));
 }
 
 #[test]
@@ -132,6 +143,14 @@ fn a_dead_endpoint_means_no_keys_and_a_logged_failure() {
     );
     wait_for(|| !refresh_lines(&b).is_empty());
     assert_eq!(exchange(&b, &IssuerKey::es256()), 400);
+    let metrics = reqwest::blocking::get(b.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"trustbroker_bundle_usable{domain="cluster-a.example"} 0"#),
+        "{metrics}"
+    );
     let lines = refresh_lines(&b);
     assert!(
         lines

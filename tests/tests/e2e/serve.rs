@@ -208,3 +208,52 @@ fn a_single_use_token_stays_used_across_a_restart() {
         "invalid_request",
     );
 }
+
+#[test]
+fn metrics_count_decisions_by_reason_and_time_them() {
+    let w = World::start();
+    let svid = w.svid("/ns/payments/sa/api", serde_json::json!({}));
+    assert_eq!(w.exchange(&svid, JWT_TYPE, PAYMENTS, None).status(), 200);
+    assert_eq!(w.exchange(&svid, JWT_TYPE, PAYMENTS, None).status(), 200);
+    assert_eq!(
+        w.exchange(&svid, JWT_TYPE, "https://elsewhere.example", None)
+            .status(),
+        400
+    );
+    assert_eq!(
+        w.post_token(&[("grant_type", "password")], &[]).status(),
+        400
+    );
+    w.nonce();
+
+    let r = w.http.get(w.broker.url("/metrics")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = r.text().unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    };
+    assert_eq!(
+        value(r#"trustbroker_exchanges_total{decision="allow",reason="ok"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"trustbroker_exchanges_total{decision="deny",reason="invalid_target"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"trustbroker_exchanges_total{decision="deny",reason="unsupported_grant_type"}"#),
+        1.0
+    );
+    assert_eq!(value("trustbroker_exchange_duration_seconds_count"), 4.0);
+    assert_eq!(value(r#"trustbroker_store_entries{store="nonces"}"#), 1.0);
+    assert_eq!(value("trustbroker_state_errors_total"), 0.0);
+    assert!(text.trim_end().ends_with("# EOF"));
+}
