@@ -256,6 +256,7 @@ require = {{ exe_sha256 = ["{hash}"], uid = [{uid}] }}
         registrations: Registrations(vec![registration]),
         procs: Arc::new(RealProc::default()),
         clock: Arc::new(SystemClock),
+        watch: Arc::default(),
     });
     let sock = socket.clone();
     std::thread::spawn(move || enforcer::server::run(enforcer, &sock));

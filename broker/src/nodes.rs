@@ -463,6 +463,69 @@ struct RenewRequest {
     renewal: String,
 }
 
+/// Why a node-signed request was not accepted.
+enum NodeRequestError {
+    Refused(String),
+    Unavailable(StoreError),
+}
+
+/// What a verified node-signed request carries.
+struct NodeClaims {
+    /// SHA-256 of the certificate it was signed with.
+    fp: String,
+    claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Verifies a request a node signed with its current key: ES256, `typ`, its current
+/// certificate (one, in `x5c`) chaining to the node CA and still the node's, the
+/// signature. Returns the node's name and the claims.
+async fn verify_node_request(
+    state: &AppState,
+    compact: &str,
+    typ: &str,
+    now: UnixTime,
+) -> Result<(String, NodeClaims), NodeRequestError> {
+    let refuse = |why: &str| NodeRequestError::Refused(why.to_owned());
+    let jws = UnverifiedJws::parse(compact, MAX_ENROLL_BODY)
+        .map_err(|e| NodeRequestError::Refused(e.to_string()))?;
+    if jws.alg() != JwsAlgorithm::ES256 || jws.header_str("typ") != Some(typ) {
+        return Err(refuse("alg or typ"));
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        match jws.header().get("x5c").and_then(|v| v.as_array()) {
+            Some(items) if items.len() == 1 => items
+                .iter()
+                .filter_map(|v| v.as_str().and_then(|s| STANDARD.decode(s).ok()))
+                .map(CertificateDer::from)
+                .collect(),
+            _ => return Err(refuse("x5c")),
+        };
+    let leaf = chain.first().ok_or_else(|| refuse("x5c"))?;
+    let bundle = state.node_ca.bundle().map_err(|e| refuse(&e))?;
+    let id = verify_x509_svid(
+        &chain,
+        &bundle,
+        &state.local_trust_domain,
+        now,
+        SvidUsage::Client,
+    )
+    .map_err(|e| refuse(&e.to_string()))?;
+    let name = id
+        .path()
+        .strip_prefix(NODE_PATH_PREFIX)
+        .map(str::to_owned)
+        .ok_or_else(|| refuse("not a node"))?;
+    let fp = cert_sha256(leaf);
+    match state.node_status.is_active(id.as_str(), &fp).await {
+        Ok(true) => {}
+        Ok(false) => return Err(refuse("node revoked or certificate replaced")),
+        Err(e) => return Err(NodeRequestError::Unavailable(StoreError::Db(e.0))),
+    }
+    let key = leaf_public_key(leaf).map_err(|e| refuse(&e.to_string()))?;
+    let claims = jws.verify(&key).map_err(|_| refuse("signature"))?;
+    Ok((name, NodeClaims { fp, claims }))
+}
+
 /// `POST /v1/renew`: a JWS signed by the node's current key, its current certificate in
 /// `x5c`, carrying a CSR for the next certificate.
 pub async fn renew(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
@@ -478,59 +541,16 @@ pub async fn renew(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse
         return refuse("not {\"renewal\": \"<jws>\"}");
     };
     let now = state.clock.now();
-    let jws = match UnverifiedJws::parse(&r.renewal, MAX_ENROLL_BODY) {
-        Ok(j) => j,
-        Err(e) => return refuse(&e.to_string()),
+    let (name, claims) = match verify_node_request(&state, &r.renewal, RENEWAL_TYP, now).await {
+        Ok(v) => v,
+        Err(NodeRequestError::Unavailable(e)) => return unavailable(&e),
+        Err(NodeRequestError::Refused(why)) => return refuse(&why),
     };
-    if jws.alg() != JwsAlgorithm::ES256 || jws.header_str("typ") != Some(RENEWAL_TYP) {
-        return refuse("alg or typ");
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        match jws.header().get("x5c").and_then(|v| v.as_array()) {
-            Some(items) if items.len() == 1 => items
-                .iter()
-                .filter_map(|v| v.as_str().and_then(|s| STANDARD.decode(s).ok()))
-                .map(CertificateDer::from)
-                .collect(),
-            _ => return refuse("x5c"),
-        };
-    let Some(leaf) = chain.first() else {
-        return refuse("x5c");
-    };
-    let bundle = match state.node_ca.bundle() {
-        Ok(b) => b,
-        Err(e) => return refuse(&e),
-    };
-    let id = match verify_x509_svid(
-        &chain,
-        &bundle,
-        &state.local_trust_domain,
-        now,
-        SvidUsage::Client,
-    ) {
-        Ok(id) => id,
-        Err(e) => return refuse(&e.to_string()),
-    };
-    let Some(name) = id.path().strip_prefix(NODE_PATH_PREFIX).map(str::to_owned) else {
-        return refuse("not a node");
-    };
-    let fp = cert_sha256(leaf);
-    match state.node_status.is_active(id.as_str(), &fp).await {
-        Ok(true) => {}
-        Ok(false) => return refuse("node revoked or certificate replaced"),
-        Err(e) => return unavailable(&StoreError::Db(e.0)),
-    }
-    let key = match leaf_public_key(leaf) {
-        Ok(k) => k,
-        Err(e) => return refuse(&e.to_string()),
-    };
-    let claims = match jws
-        .verify(&key)
-        .map(serde_json::Value::Object)
-        .map(serde_json::from_value::<RenewalClaims>)
-    {
-        Ok(Ok(c)) => c,
-        _ => return refuse("signature or claims"),
+    let fp = claims.fp;
+    let Ok(claims) =
+        serde_json::from_value::<RenewalClaims>(serde_json::Value::Object(claims.claims))
+    else {
+        return refuse("claims");
     };
     let n = now.as_secs();
     if claims.exp <= claims.iat
@@ -589,6 +609,119 @@ pub async fn renew(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse
         Ok(false) => refuse("node revoked during renewal"),
         Err(e) => unavailable(&e),
     }
+}
+
+/// `typ` of the events a node reports.
+pub const EVENTS_TYP: &str = "node-events+jwt";
+/// Most workload exits one report may carry.
+pub const MAX_EXITS_PER_REPORT: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsRequest {
+    events: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsClaims {
+    exited: Vec<Exited>,
+    iat: u64,
+    exp: u64,
+}
+
+/// A workload process the node attested has exited.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Exited {
+    /// The DPoP key its evidence bound.
+    jkt: String,
+    pid: u32,
+    start_time: u64,
+}
+
+/// `POST /v1/nodes/events`: a node reports that workloads it attested have exited; the
+/// tokens bound to their keys are revoked (issued up to now), on every replica.
+///
+/// Signed like a renewal, by the node's current key. A node can only make tokens *less*
+/// usable this way, never more.
+pub async fn events(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let refuse = |why: &str| {
+        audit_enroll("node_events", "deny", None, "invalid_request");
+        tracing::info!(error = %why, "node events refused");
+        bad_request("the events report is not acceptable")
+    };
+    if body.len() > MAX_ENROLL_BODY {
+        return refuse("too large");
+    }
+    let Ok(r) = serde_json::from_slice::<EventsRequest>(&body) else {
+        return refuse("not {\"events\": \"<jws>\"}");
+    };
+    let now = state.clock.now();
+    let (name, claims) = match verify_node_request(&state, &r.events, EVENTS_TYP, now).await {
+        Ok(v) => v,
+        Err(NodeRequestError::Unavailable(e)) => return unavailable(&e),
+        Err(NodeRequestError::Refused(why)) => return refuse(&why),
+    };
+    let Ok(claims) =
+        serde_json::from_value::<EventsClaims>(serde_json::Value::Object(claims.claims))
+    else {
+        return refuse("claims");
+    };
+    let n = now.as_secs();
+    if claims.exp <= claims.iat
+        || claims.exp - claims.iat > RENEWAL_MAX_AGE
+        || n >= claims.exp
+        || claims.iat > n + 30
+    {
+        return refuse("stale");
+    }
+    if claims.exited.len() > MAX_EXITS_PER_REPORT
+        || claims
+            .exited
+            .iter()
+            .any(|e| e.jkt.parse::<token_exchange::types::Jkt>().is_err())
+    {
+        return refuse("exited");
+    }
+    match token_exchange::state::ReplayStore::check_and_mark(
+        state.renewals.as_ref(),
+        &format!("events:{}", digest_hex(&r.events)),
+        UnixTime::from_secs(claims.exp),
+        now,
+    )
+    .await
+    {
+        Ok(true) => {}
+        Ok(false) => return refuse("replayed"),
+        Err(e) => return unavailable(&StoreError::Db(e.0)),
+    }
+    // Tokens bound to these keys were issued with at most max_ttl to live.
+    let settings = state.exchanger.settings();
+    let keep = now
+        .checked_add(settings.limits.max_ttl + settings.skew)
+        .unwrap_or(now);
+    for e in &claims.exited {
+        let target = token_exchange::revocation::Target::Jkt(e.jkt.clone());
+        if let Err(err) = state.exchanger.revoke(&target, now, keep).await {
+            return unavailable(&StoreError::Db(err.0));
+        }
+        tracing::info!(
+            target: "audit",
+            event = "revoke",
+            decision = "allow",
+            reason = "workload_exited",
+            node = %name,
+            pid = e.pid,
+            start_time = e.start_time,
+            revoked = "jkt",
+            revocation_key = %target.storage_key(),
+            "tokens of an exited workload revoked"
+        );
+    }
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"revoked": claims.exited.len()}))
 }
 
 fn node_json(rec: &NodeRecord) -> serde_json::Value {

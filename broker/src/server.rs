@@ -92,6 +92,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/v1/enroll", web::post().to(crate::nodes::enroll))
         .route("/v1/renew", web::post().to(crate::nodes::renew))
+        .route("/v1/nodes/events", web::post().to(crate::nodes::events))
         .route(
             "/admin/v1/join-tokens",
             web::post().to(crate::nodes::create_join_token),

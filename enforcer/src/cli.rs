@@ -113,7 +113,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 registrations,
                 procs: Arc::new(RealProc::default()),
                 clock,
+                watch: Arc::new(std::sync::Mutex::new(crate::watch::Watchlist::new())),
             });
+            spawn_exit_watch(enforcer.clone());
             tracing::info!(socket = %socket.display(), "enforcer is serving");
             match serve(enforcer, &socket) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -140,6 +142,51 @@ fn enroll(broker: &str, token: &str, data_dir: &std::path::Path, clock: &dyn Clo
             ExitCode::FAILURE
         }
     }
+}
+
+/// How often attested processes are checked for exit.
+const EXIT_WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// Watches attested processes and reports each exit to the broker, which revokes the
+/// tokens bound to that workload's key. Undelivered reports are retried next round.
+fn spawn_exit_watch(enforcer: Arc<Enforcer>) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(EXIT_WATCH_EVERY);
+            let exits = enforcer
+                .watch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sweep(enforcer.procs.as_ref(), crate::watch::MAX_EXITS_PER_REPORT);
+            if exits.is_empty() {
+                continue;
+            }
+            let sent = enforcer
+                .identity
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .report_exits(&exits, enforcer.clock.as_ref());
+            match sent {
+                Ok(()) => {
+                    for e in &exits {
+                        tracing::info!(
+                            event = "workload_exit",
+                            pid = e.pid,
+                            "exit reported; its tokens are revoked"
+                        );
+                    }
+                    enforcer
+                        .watch
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .delivered(exits.len());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, pending = exits.len(), "reporting workload exits failed; retrying")
+                }
+            }
+        }
+    });
 }
 
 /// Renews the node certificate at half-life, retrying every 30 s on failure.

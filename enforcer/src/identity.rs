@@ -141,6 +141,12 @@ fn csr(pkcs8: &[u8], node_hint: &str) -> Result<String, IdentityError> {
 }
 
 fn post(url: &str, body: &serde_json::Value) -> Result<Issued, IdentityError> {
+    let text = post_ok(url, body)?;
+    serde_json::from_str(&text).map_err(|e| IdentityError::Corrupt(e.to_string()))
+}
+
+/// POSTs JSON; the body of a 200, or the refusal.
+fn post_ok(url: &str, body: &serde_json::Value) -> Result<String, IdentityError> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
@@ -158,7 +164,7 @@ fn post(url: &str, body: &serde_json::Value) -> Result<Issued, IdentityError> {
     if status != 200 {
         return Err(IdentityError::Refused { status, body: text });
     }
-    serde_json::from_str(&text).map_err(|e| IdentityError::Corrupt(e.to_string()))
+    Ok(text)
 }
 
 impl Identity {
@@ -237,16 +243,39 @@ impl Identity {
         clock.now().as_secs() >= half
     }
 
+    /// A request signed with the node key, its certificate in `x5c` (as the broker's
+    /// `/v1/renew` and `/v1/nodes/events` expect).
+    fn signed(&self, typ: &str, claims: &serde_json::Value) -> Result<String, IdentityError> {
+        let header = json!({"alg": "ES256", "typ": typ, "x5c": [self.state.certificate]});
+        let input = jws::signing_input(&header, claims);
+        Ok(jws::compact(&input, &self.sign(input.as_bytes())?))
+    }
+
+    /// Reports workloads that exited to the broker, which revokes their tokens.
+    pub fn report_exits(
+        &self,
+        exited: &[crate::watch::Exited],
+        clock: &dyn Clock,
+    ) -> Result<(), IdentityError> {
+        let now = clock.now().as_secs();
+        let events = self.signed(
+            "node-events+jwt",
+            &json!({"exited": exited, "iat": now, "exp": now + 60}),
+        )?;
+        post_ok(
+            &format!("{}/v1/nodes/events", self.state.broker),
+            &json!({"events": events}),
+        )
+        .map(|_| ())
+    }
+
     /// Renews with the current certificate: a new key, its CSR inside a JWS signed by the
     /// current key with the current certificate in `x5c`.
     pub fn renew(&self, dir: &Path, clock: &dyn Clock) -> Result<Self, IdentityError> {
         let (key, pkcs8) = new_key()?;
         let now = clock.now().as_secs();
-        let header =
-            json!({"alg": "ES256", "typ": "node-renewal+jwt", "x5c": [self.state.certificate]});
         let claims = json!({"csr": csr(&pkcs8, &self.state.node)?, "iat": now, "exp": now + 60});
-        let input = jws::signing_input(&header, &claims);
-        let renewal = jws::compact(&input, &self.sign(input.as_bytes())?);
+        let renewal = self.signed("node-renewal+jwt", &claims)?;
         let issued = post(
             &format!("{}/v1/renew", self.state.broker),
             &json!({"renewal": renewal}),

@@ -11,3 +11,4 @@ pub mod config;
 pub mod identity;
 pub mod procfs;
 pub mod server;
+pub mod watch;

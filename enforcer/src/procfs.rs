@@ -26,6 +26,11 @@ pub trait ProcSource: Send + Sync {
     fn facts(&self, pid: u32) -> Result<ProcFacts, ProcError>;
     /// Just the start time, to check after signing that `pid` is still the same process.
     fn start_time(&self, pid: u32) -> Result<u64, ProcError>;
+    /// Whether the process that started at `start_time` as `pid` is still running (not
+    /// gone, not a zombie, not replaced by another process under a reused pid).
+    fn is_running(&self, pid: u32, start_time: u64) -> bool {
+        self.start_time(pid).is_ok_and(|s| s == start_time)
+    }
 }
 
 /// What identifies a file's content for the hash cache: device, inode, size, and ctime to
@@ -121,6 +126,15 @@ impl RealProc {
 
 /// `/proc/<pid>/stat` field 22 (starttime). The command name (field 2) may contain spaces
 /// and parentheses, so fields are counted after the last `)`.
+/// The state letter of `/proc/<pid>/stat` (field 3): `Z` and `X` are exited processes.
+pub fn parse_state(stat: &str) -> Option<char> {
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 pub fn parse_start_time(stat: &str) -> Option<u64> {
     let after = stat.get(stat.rfind(')')? + 1..)?;
     // After ")" come fields 3.. ; starttime is field 22, the 20th of them.
@@ -213,6 +227,13 @@ impl ProcSource for RealProc {
     fn start_time(&self, pid: u32) -> Result<u64, ProcError> {
         parse_start_time(&self.read(pid, "stat")?).ok_or(ProcError::Malformed { pid, file: "stat" })
     }
+
+    fn is_running(&self, pid: u32, start_time: u64) -> bool {
+        self.read(pid, "stat").is_ok_and(|stat| {
+            parse_start_time(&stat) == Some(start_time)
+                && !matches!(parse_state(&stat), Some('Z' | 'X' | 'x') | None)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -223,6 +244,8 @@ mod tests {
     fn stat_with_hostile_command_names() {
         let stat = "4242 (evil) 1 2 3) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
         assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_state(stat), Some('S'));
+        assert_eq!(parse_state("9 (a) b) Z 1"), Some('Z'));
         assert_eq!(parse_start_time("no parens"), None);
         assert_eq!(parse_start_time("1 (x) S 1"), None);
     }

@@ -33,6 +33,8 @@ pub struct Enforcer {
     pub registrations: Registrations,
     pub procs: Arc<dyn ProcSource>,
     pub clock: Arc<dyn Clock>,
+    /// Attested processes, watched until they exit.
+    pub watch: Arc<std::sync::Mutex<crate::watch::Watchlist>>,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -135,6 +137,17 @@ impl Enforcer {
                 tracing::warn!(pid, "caller changed while evidence was made; discarded");
                 return error(403, "no_registration");
             }
+        }
+        let watched = self
+            .watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(pid, facts.start_time, &claims.cnf.jkt);
+        if !watched {
+            tracing::warn!(
+                pid,
+                "watch list full: this workload's exit will not revoke its tokens"
+            );
         }
         tracing::info!(event = "evidence", decision = "allow", reason = "ok", pid, workload = %reg.spiffe_id, "evidence issued");
         reply(
@@ -372,6 +385,7 @@ mod tests {
                 calls: AtomicUsize::new(0),
             }),
             clock: Arc::new(ManualClock::new(trust_bundles::UnixTime::from_secs(5000))),
+            watch: Arc::default(),
         }
     }
 
@@ -379,9 +393,12 @@ mod tests {
 
     #[test]
     fn evidence_for_the_registered_process() {
-        let r = enforcer(1000).handle(77, "POST", "/v1/evidence", REQ);
+        let e = enforcer(1000);
+        let r = e.handle(77, "POST", "/v1/evidence", REQ);
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.body["evidence"].as_str().unwrap().split('.').count() == 3);
+        // The process is now watched for its exit.
+        assert_eq!(e.watch.lock().unwrap().watched(), 1);
     }
 
     #[test]

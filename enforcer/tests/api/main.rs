@@ -55,6 +55,7 @@ fn start(dir: &Path, selectors: Selectors) -> std::path::PathBuf {
         }]),
         procs: Arc::new(RealProc::default()),
         clock: Arc::new(SystemClock),
+        watch: Arc::default(),
     });
     let s = socket.clone();
     std::thread::spawn(move || enforcer::server::run(enforcer, &s));

@@ -532,3 +532,177 @@ fn enrollment_and_admin_refusals() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[test]
+fn a_workload_that_exits_takes_its_tokens_with_it() {
+    // 1. A registered workload (a `trustbroker exchange` process) gets an attested token,
+    // then exits, as that process does once it has printed the token.
+    let s = setup();
+    let (ok, out, err) = exchange(&binary(), &s.b, &s.svid_file, Some(&s.socket));
+    assert!(ok, "{err}\n{}", s.b.log());
+    let resp: Value = serde_json::from_str(&out).unwrap();
+    let token = resp["access_token"].as_str().unwrap().to_owned();
+
+    // 2. The enforcer sees the exit and reports it; within 2 s the token is inactive.
+    let introspect = || -> Value {
+        reqwest::blocking::Client::new()
+            .post(s.b.url("/introspect"))
+            .bearer_auth(ADMIN)
+            .form(&[("token", token.as_str())])
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let mut inactive = false;
+    for _ in 0..40 {
+        if introspect()["active"] == false {
+            inactive = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(inactive, "still active after 2 s:\n{}", s.b.log());
+
+    // 3. The broker's audit log says why, naming the node.
+    let lines = s.b.audit_lines();
+    assert!(
+        lines.iter().any(|l| l["event"] == "revoke"
+            && l["reason"] == "workload_exited"
+            && l["node"] == "n1"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn exit_reports_must_be_fresh_signed_by_a_live_node_and_used_once() {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    use trust_bundles::jws;
+
+    let s = setup();
+    let node = enforcer::identity::Identity::load(&s.dir.path().join("node")).unwrap();
+    let jkt = DpopKey::new().jkt;
+    let http = reqwest::blocking::Client::new();
+    // A report with `typ`, `claims`, signed by `key` (the node's own unless given).
+    let report = |typ: &str, claims: Value, key: Option<&EcdsaKeyPair>| -> String {
+        let header = json!({"alg": "ES256", "typ": typ, "x5c": [node.state.certificate]});
+        let input = jws::signing_input(&header, &claims);
+        let sig = match key {
+            None => node.sign(input.as_bytes()).unwrap(),
+            Some(k) => k
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes())
+                .unwrap()
+                .as_ref()
+                .to_vec(),
+        };
+        jws::compact(&input, &sig)
+    };
+    let send = |events: &str| {
+        http.post(s.b.url("/v1/nodes/events"))
+            .json(&json!({"events": events}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let exited = |jkt: &str| json!([{"jkt": jkt, "pid": 4242, "start_time": 1}]);
+    let n = now();
+    let good = report(
+        "node-events+jwt",
+        json!({"exited": exited(&jkt), "iat": n, "exp": n + 60}),
+        None,
+    );
+
+    // 1. Refused: another typ, another signer, stale, a bad key id, too many exits,
+    // unknown members.
+    let other = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let many: Vec<Value> = (0..257)
+        .map(|i| json!({"jkt": jkt, "pid": i, "start_time": 1}))
+        .collect();
+    for (why, events) in [
+        (
+            "typ",
+            report(
+                "node-renewal+jwt",
+                json!({"exited": exited(&jkt), "iat": n, "exp": n + 60}),
+                None,
+            ),
+        ),
+        (
+            "signer",
+            report(
+                "node-events+jwt",
+                json!({"exited": exited(&jkt), "iat": n, "exp": n + 60}),
+                Some(&other),
+            ),
+        ),
+        (
+            "stale",
+            report(
+                "node-events+jwt",
+                json!({"exited": exited(&jkt), "iat": n - 600, "exp": n - 540}),
+                None,
+            ),
+        ),
+        (
+            "jkt",
+            report(
+                "node-events+jwt",
+                json!({"exited": exited("not-a-thumbprint"), "iat": n, "exp": n + 60}),
+                None,
+            ),
+        ),
+        (
+            "count",
+            report(
+                "node-events+jwt",
+                json!({"exited": many, "iat": n, "exp": n + 60}),
+                None,
+            ),
+        ),
+        (
+            "members",
+            report(
+                "node-events+jwt",
+                json!({"exited": exited(&jkt), "iat": n, "exp": n + 60, "x": 1}),
+                None,
+            ),
+        ),
+    ] {
+        assert_eq!(send(&events), 400, "{why}");
+    }
+    assert!(
+        !s.b.audit_lines()
+            .iter()
+            .any(|l| l["reason"] == "workload_exited"),
+        "a refused report revoked something"
+    );
+
+    // 2. A good report is accepted once; its replay is refused.
+    assert_eq!(send(&good), 200, "{}", s.b.log());
+    assert_eq!(send(&good), 400);
+
+    // 3. Once the node is deleted, its reports are refused.
+    let etag = http
+        .get(s.b.url("/admin/v1/nodes/n1"))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap()
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let deleted = http
+        .delete(s.b.url("/admin/v1/nodes/n1"))
+        .bearer_auth(ADMIN)
+        .header("If-Match", etag)
+        .send()
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let fresh = report(
+        "node-events+jwt",
+        json!({"exited": exited(&jkt), "iat": n, "exp": n + 59}),
+        None,
+    );
+    assert_eq!(send(&fresh), 400);
+}
