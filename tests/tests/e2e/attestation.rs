@@ -10,7 +10,7 @@ use trustbroker_tests::issuers::*;
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
 
-struct Enforcer(Child);
+pub(crate) struct Enforcer(Child);
 
 impl Drop for Enforcer {
     fn drop(&mut self) {
@@ -61,7 +61,7 @@ fn join_token(b: &Broker, node: &str) -> String {
     v["token"].as_str().unwrap().to_owned()
 }
 
-fn enroll(b: &Broker, token: &str, data: &Path) -> std::process::Output {
+pub(crate) fn enroll(b: &Broker, token: &str, data: &Path) -> std::process::Output {
     Command::new(workspace_binary("enforcer", "trustbroker-enforcer"))
         .args([
             "enroll",
@@ -76,7 +76,7 @@ fn enroll(b: &Broker, token: &str, data: &Path) -> std::process::Output {
         .unwrap()
 }
 
-fn run_enforcer(data: &Path, socket: &Path, registrations: &str) -> Enforcer {
+pub(crate) fn run_enforcer(data: &Path, socket: &Path, registrations: &str) -> Enforcer {
     let cfg = data.join("enforcer.toml");
     std::fs::write(&cfg, registrations).unwrap();
     let child = Command::new(workspace_binary("enforcer", "trustbroker-enforcer"))

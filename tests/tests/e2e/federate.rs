@@ -770,3 +770,77 @@ fn serve_tls(cert: &rcgen::Certificate, key: &rcgen::KeyPair, body: String) -> u
     });
     port
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_exchange_finish() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // 1. A domain whose second answer (a rotation to kid c2) takes 1.5 s to come.
+    let old = IssuerKey::es256();
+    let new = IssuerKey::es256();
+    let first = old.bundle_json("c1");
+    let mut rotated: Value = serde_json::from_str(&old.bundle_json("c1")).unwrap();
+    let mut k2: Value = serde_json::from_str(&new.bundle_json("c2")).unwrap();
+    rotated["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(k2["keys"][0].take());
+    rotated["spiffe_sequence"] = 2.into();
+    let rotated = rotated.to_string();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let n = h.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = if n == 0 {
+                first.clone()
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                rotated.clone()
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(
+        dir.path(),
+        &config(&format!("http://127.0.0.1:{port}/bundle")),
+        free_port(),
+    );
+    wait_for(|| !refresh_lines(&b).is_empty());
+
+    // 2. A token by the new key starts a refetch and waits for it; SIGTERM arrives
+    // meanwhile.
+    let claims = json!({"sub": "spiffe://cluster-a.example/ns/payments/sa/api", "aud": [b.base], "iat": now(), "exp": now() + 300});
+    let svid = new.token(&json!({"alg": "ES256", "kid": "c2"}), &claims);
+    let url = b.url("/token");
+    let in_flight = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(url)
+            .form(&[
+                ("grant_type", TE),
+                ("subject_token", svid.as_str()),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", "https://payments.example/api"),
+            ])
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    wait_for(|| hits.load(Ordering::SeqCst) >= 2);
+    let base = b.base.clone();
+    let status = b.terminate();
+
+    // 3. The request in flight was answered (with a token: the rotation arrived), the
+    // broker exited 0, and it takes no new connections.
+    assert_eq!(in_flight.join().unwrap().ok(), Some(200));
+    assert!(status.success(), "{status}");
+    assert!(reqwest::blocking::get(format!("{base}/healthz")).is_err());
+}

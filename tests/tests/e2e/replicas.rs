@@ -238,3 +238,94 @@ fn with_redis_unreachable_nothing_is_issued_and_both_recover_without_a_restart()
     assert_eq!(ready(&p.a), 200);
     assert_eq!(ready(&p.b), 200);
 }
+
+#[test]
+fn a_node_enrolled_through_one_replica_attests_on_both_until_deleted_on_either() {
+    use broker::client;
+    let redis = RedisServer::start();
+    let p = pair(&redis);
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1. A join token made on A; the enforcer enrolls through B (one node CA, one set of
+    // join tokens) and serves this test process as workload `ns/secure/sa/x`.
+    let jt: Value = p
+        .http
+        .post(p.a.url("/admin/v1/join-tokens"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"node": "n1", "ttl": "5m"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let data = dir.path().join("node");
+    let out = crate::attestation::enroll(&p.b, jt["token"].as_str().unwrap(), &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let socket = dir.path().join("e.sock");
+    let me = std::env::current_exe().unwrap().canonicalize().unwrap();
+    let _enforcer = crate::attestation::run_enforcer(
+        &data,
+        &socket,
+        &format!(
+            "[[workload]]\nspiffe_id = \"spiffe://{CLUSTER}/ns/secure/sa/x\"\nselectors = {{ exe = \"{}\" }}\n",
+            me.display()
+        ),
+    );
+
+    // An attested exchange on `on`: nonce, evidence, DPoP proof for the shared issuer.
+    let key = client::DpopKey::generate().unwrap();
+    let attested = |on: &Broker| -> (u16, Value) {
+        let nonce = client::challenge(&on.base).unwrap();
+        let evidence = client::evidence(&socket, &nonce, &key.jkt).unwrap();
+        let proof = key
+            .proof(&format!("{}/token", p.issuer), Some(&nonce))
+            .unwrap();
+        let svid = p.svid("/ns/secure/sa/x", json!({}));
+        let a = client::token(
+            &on.base,
+            &[
+                ("grant_type", TE),
+                ("subject_token", &svid),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", PAYMENTS),
+            ],
+            Some(&proof),
+            Some(&evidence),
+        )
+        .unwrap();
+        (a.status, a.body)
+    };
+
+    // 2. Its evidence is accepted on both replicas.
+    assert_eq!(attested(&p.a).0, 200);
+    assert_eq!(attested(&p.b).0, 200);
+
+    // 3. The node is deleted on B (its version read on A): A refuses its evidence at once.
+    let etag = p
+        .http
+        .get(p.a.url("/admin/v1/nodes/n1"))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap()
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let deleted = p
+        .http
+        .delete(p.b.url("/admin/v1/nodes/n1"))
+        .bearer_auth(ADMIN)
+        .header("If-Match", etag)
+        .send()
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let (status, body) = attested(&p.a);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+}
