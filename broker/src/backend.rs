@@ -8,7 +8,10 @@ use token_exchange::state::{MemoryStore, NonceStore, ReplayStore, RevocationStor
 
 use crate::config::StateConfig;
 use crate::redis_state::RedisState;
-use crate::store::{DurableStore, JoinTokenRecord, NodeRecord, Revocation, StoreError, StoredCa};
+use crate::store::{
+    AdminRecord, AdminWrite, DurableStore, JoinTokenRecord, NodeRecord, Revocation, StoreError,
+    StoredCa,
+};
 
 /// Where durable state lives, and the ephemeral stores that go with it.
 #[derive(Debug, Clone)]
@@ -192,6 +195,33 @@ impl Backend {
         match self {
             Self::Embedded { store, .. } => store.update_node(name, f),
             Self::Redis(r) => r.update_node(name, f).await,
+        }
+    }
+
+    /// The admin-object generation (moves on every change, on any replica).
+    pub async fn admin_generation(&self) -> Result<u64, StoreError> {
+        match self {
+            Self::Embedded { store, .. } => store.admin_generation(),
+            Self::Redis(r) => r.admin_generation().await,
+        }
+    }
+
+    pub async fn admin_list(&self) -> Result<(u64, Vec<AdminRecord>), StoreError> {
+        match self {
+            Self::Embedded { store, .. } => store.admin_list(),
+            Self::Redis(r) => r.admin_list().await,
+        }
+    }
+
+    pub async fn admin_write(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        object: Option<&serde_json::Value>,
+    ) -> Result<AdminWrite, StoreError> {
+        match self {
+            Self::Embedded { store, .. } => store.admin_write(key, expected, object),
+            Self::Redis(r) => r.admin_write(key, expected, object).await,
         }
     }
 }

@@ -101,6 +101,9 @@ struct RawTrustDomain {
     kind: Option<String>,
     bundle_endpoint: Option<RawBundleEndpoint>,
     bundle_file: Option<String>,
+    /// The bundle itself (SPIFFE bundle JSON), instead of a file: how admin-API domains
+    /// carry theirs.
+    bundle: Option<String>,
     issuer: Option<String>,
     jwks_file: Option<String>,
     audiences: Option<Vec<String>>,
@@ -230,6 +233,10 @@ impl std::fmt::Debug for ClientSecret {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: Option<PathBuf>,
+    /// The text it was read from (admin objects are validated against it).
+    pub text: String,
+    /// How many `[[trust_domain]]` and `[[boundary]]` tables the text itself has.
+    pub file_objects: (usize, usize),
     pub issuer: String,
     pub local_trust_domain: TrustDomain,
     pub listen: SocketAddr,
@@ -489,7 +496,10 @@ impl Config {
         };
         let cfg = validate(&mut c, raw, &base, env, source);
         match cfg {
-            Some(cfg) if c.problems.is_empty() => Ok(cfg),
+            Some(mut cfg) if c.problems.is_empty() => {
+                cfg.text = text.to_owned();
+                Ok(cfg)
+            }
             _ => Err(Problems(c.problems)),
         }
     }
@@ -768,8 +778,12 @@ fn validate(
             }
         }
         // Keys: static files now; bundle endpoints and discovery come with federation.
+        if td.bundle.is_some() && td.bundle_file.is_some() {
+            c.push(&at("bundle"), "give bundle or bundle_file, not both");
+        }
+        let has_bundle = td.bundle_file.is_some() || td.bundle.is_some();
         let sources = [
-            td.bundle_file.is_some(),
+            has_bundle,
             td.jwks_file.is_some(),
             td.bundle_endpoint.is_some(),
         ]
@@ -781,7 +795,7 @@ fn validate(
             .bundle_endpoint
             .as_ref()
             .is_some_and(|e| e.profile == "https_spiffe");
-        let bootstrap_allowed = usize::from(spiffe_profile && td.bundle_file.is_some());
+        let bootstrap_allowed = usize::from(spiffe_profile && has_bundle);
         if sources > 1 + bootstrap_allowed {
             c.push(
                 &at("bundle_file"),
@@ -790,15 +804,26 @@ fn validate(
         }
         let mut keys: Vec<Jwk> = Vec::new();
         let mut bootstrap = None;
-        if let Some(f) = &td.bundle_file {
-            match read_small(&resolve(f))
-                .and_then(|b| SpiffeBundle::parse(&b).map_err(|e| e.to_string()))
-            {
+        let bundle_source = match (&td.bundle, &td.bundle_file) {
+            (Some(inline), _) => Some((
+                "bundle",
+                String::new(),
+                if inline.len() as u64 > MAX_KEY_FILE_BYTES {
+                    Err(format!("larger than {MAX_KEY_FILE_BYTES} bytes"))
+                } else {
+                    Ok(inline.clone().into_bytes())
+                },
+            )),
+            (None, Some(f)) => Some(("bundle_file", format!("{f}: "), read_small(&resolve(f)))),
+            (None, None) => None,
+        };
+        if let Some((key, what, bytes)) = bundle_source {
+            match bytes.and_then(|b| SpiffeBundle::parse(&b).map_err(|e| e.to_string())) {
                 Ok(b) => {
                     keys.extend(b.jwt_authorities().iter().map(|a| a.jwk.clone()));
                     bootstrap = Some(b);
                 }
-                Err(e) => c.push(&at("bundle_file"), format!("{f}: {e}")),
+                Err(e) => c.push(&at(key), format!("{what}{e}")),
             }
         }
         if let Some(f) = &td.jwks_file {
@@ -1148,6 +1173,8 @@ fn validate(
 
     Some(Config {
         source: source.map(Path::to_path_buf),
+        text: String::new(),
+        file_objects: (raw.trust_domain.len(), raw.boundary.len()),
         issuer,
         local_trust_domain: local_trust_domain?,
         listen,

@@ -82,6 +82,21 @@ struct Slot {
     done: watch::Sender<u64>,
 }
 
+impl Slot {
+    fn new(bootstrap: Option<SpiffeBundle>, now: UnixTime) -> Self {
+        Self {
+            held: bootstrap
+                .map(|b| HeldBundle::bootstrapped(b, now))
+                .unwrap_or_default(),
+            last_on_demand: None,
+            requested: 0,
+            started: 0,
+            wake: Arc::new(Notify::new()),
+            done: watch::channel(0).0,
+        }
+    }
+}
+
 /// Bundles fetched live, by domain name.
 #[derive(Debug, Default)]
 pub struct LiveBundles {
@@ -105,22 +120,25 @@ impl LiveBundles {
     ) -> Self {
         let slots = domains
             .into_iter()
-            .map(|(d, bootstrap)| {
-                let slot = Slot {
-                    held: bootstrap
-                        .map(|b| HeldBundle::bootstrapped(b, now))
-                        .unwrap_or_default(),
-                    last_on_demand: None,
-                    requested: 0,
-                    started: 0,
-                    wake: Arc::new(Notify::new()),
-                    done: watch::channel(0).0,
-                };
-                (d, slot)
-            })
+            .map(|(d, bootstrap)| (d, Slot::new(bootstrap, now)))
             .collect();
         Self {
             domains: RwLock::new(slots),
+        }
+    }
+
+    /// Makes the live domains exactly `wanted`: new ones start from their bootstrap (or
+    /// nothing), vanished ones are dropped, existing ones keep what they hold.
+    pub fn sync_domains(
+        &self,
+        wanted: impl IntoIterator<Item = (String, Option<SpiffeBundle>)>,
+        now: UnixTime,
+    ) {
+        let wanted: HashMap<String, Option<SpiffeBundle>> = wanted.into_iter().collect();
+        let mut map = self.domains.write().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|d, _| wanted.contains_key(d));
+        for (d, bootstrap) in wanted {
+            map.entry(d).or_insert_with(|| Slot::new(bootstrap, now));
         }
     }
 
@@ -176,8 +194,15 @@ impl LiveBundles {
 /// Keys of every foreign domain: live ones first, configured ones otherwise.
 pub struct FederatedKeys {
     pub live: Arc<LiveBundles>,
-    pub fixed: StaticKeys,
+    /// Configured keys (`bundle_file`, `jwks_file`, admin bundles); replaced whole.
+    pub fixed: RwLock<Arc<StaticKeys>>,
     pub clock: Arc<dyn Clock>,
+}
+
+impl FederatedKeys {
+    pub fn set_fixed(&self, keys: StaticKeys) {
+        *self.fixed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
 }
 
 impl std::fmt::Debug for FederatedKeys {
@@ -195,7 +220,11 @@ impl KeySource for FederatedKeys {
         Box::pin(async move {
             let now = self.clock.now();
             match self.live.lookup(domain, kid, now) {
-                None => Ok(self.fixed.get(domain, kid)),
+                None => Ok(self
+                    .fixed
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(domain, kid)),
                 Some(Some(key)) => Ok(Some(key)),
                 // A key we do not hold: perhaps the domain rotated. Refetch (at most once
                 // per 30 s, one fetch for all askers), then look again.

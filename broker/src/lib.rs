@@ -4,6 +4,7 @@
 //! What it will not do: decide anything about tokens itself. Every decision is the
 //! `token-exchange` core's; this crate wires it to HTTP, storage and the audit log.
 
+pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod client;

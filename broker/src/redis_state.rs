@@ -23,7 +23,9 @@ use token_exchange::keys::KeyRecord;
 use token_exchange::state::{BoxFuture, NonceStore, ReplayStore, RevocationStore, StateError};
 use trust_bundles::UnixTime;
 
-use crate::store::{JoinTokenRecord, NodeRecord, Revocation, StoreError, StoredCa};
+use crate::store::{
+    AdminRecord, AdminWrite, JoinTokenRecord, NodeRecord, Revocation, StoreError, StoredCa,
+};
 
 /// How long one operation may take before it counts as an outage.
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -34,6 +36,9 @@ const KEYS_BLOB: &str = "tb:{keys}:blob";
 const KEYS_SEQ: &str = "tb:{keys}:seq";
 const NODE_CA: &str = "tb:node_ca";
 const NODE_NAMES: &str = "tb:nodes";
+const ADMIN_OBJECTS: &str = "tb:{admin}:objects";
+const ADMIN_GENERATION: &str = "tb:{admin}:gen";
+const ADMIN_FLOOR: &str = "tb:{admin}:floor";
 
 fn node_key(name: &str) -> String {
     format!("tb:{{n:{name}}}:rec")
@@ -477,6 +482,81 @@ impl RedisState {
             0 => Ok(Revocation::Missing),
             _ => Ok(Revocation::Stale),
         }
+    }
+
+    pub async fn admin_generation(&self) -> Result<u64, StoreError> {
+        let g: Option<u64> = self.query(redis::cmd("GET").arg(ADMIN_GENERATION)).await?;
+        Ok(g.unwrap_or(0))
+    }
+
+    /// Every admin object and the generation, read together (one slot, one script).
+    pub async fn admin_list(&self) -> Result<(u64, Vec<AdminRecord>), StoreError> {
+        let script = Script::new(
+            r"return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}",
+        );
+        let (generation, flat): (String, Vec<String>) = self
+            .script(&script, &[ADMIN_OBJECTS, ADMIN_GENERATION], &[])
+            .await?;
+        let mut out = Vec::new();
+        for pair in flat.chunks(2) {
+            if let [k, v] = pair {
+                out.push(AdminRecord::decode(k, v.as_bytes())?);
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((generation.parse().unwrap_or(0), out))
+    }
+
+    /// Creates (`expected: None`), replaces or deletes (`object: None`) an admin object
+    /// if its version is still `expected`, atomically; versions never repeat.
+    pub async fn admin_write(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        object: Option<&serde_json::Value>,
+    ) -> Result<AdminWrite, StoreError> {
+        let script = Script::new(
+            r#"local cur = redis.call('HGET', KEYS[1], ARGV[1])
+              local curv = 0
+              if cur then curv = cjson.decode(cur)['version'] end
+              if ARGV[2] == '' then
+                if cur then return -1 end
+              else
+                if not cur then return -2 end
+                if tostring(curv) ~= ARGV[2] then return -3 end
+              end
+              if ARGV[3] == '' then
+                redis.call('HDEL', KEYS[1], ARGV[1])
+                redis.call('HSET', KEYS[3], ARGV[1], curv)
+                redis.call('INCR', KEYS[2])
+                return curv
+              end
+              local floor = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+              local v = math.max(curv, floor) + 1
+              redis.call('HSET', KEYS[1], ARGV[1], '{"version":' .. v .. ',"object":' .. ARGV[3] .. '}')
+              redis.call('INCR', KEYS[2])
+              return v"#,
+        );
+        let expected = expected.map(|v| v.to_string()).unwrap_or_default();
+        let object = match object {
+            Some(o) => serde_json::to_string(o).map_err(|e| StoreError::Db(e.to_string()))?,
+            None => String::new(),
+        };
+        let r: i64 = self
+            .script(
+                &script,
+                &[ADMIN_OBJECTS, ADMIN_GENERATION, ADMIN_FLOOR],
+                &[key, &expected, &object],
+            )
+            .await?;
+        Ok(match r {
+            -1 => AdminWrite::Exists,
+            -2 => AdminWrite::Missing,
+            -3 => AdminWrite::Stale,
+            v => AdminWrite::Written {
+                version: u64::try_from(v).unwrap_or(0),
+            },
+        })
     }
 
     /// `SET key value EXAT exp NX`: `true` if the key was not there.

@@ -159,15 +159,16 @@ pub async fn build(
             .map(|e| (e.domain.clone(), e.bootstrap.clone())),
         clock.now(),
     ));
+    let federated = Arc::new(crate::federated::FederatedKeys {
+        live: live.clone(),
+        fixed: RwLock::new(Arc::new(cfg.static_keys.clone())),
+        clock: clock.clone(),
+    });
     let keys = Arc::new(BrokerKeySource::new(
         cfg.local_trust_domain.as_str().to_owned(),
         ring.clone(),
         clock.clone(),
-        Arc::new(crate::federated::FederatedKeys {
-            live: live.clone(),
-            fixed: cfg.static_keys.clone(),
-            clock: clock.clone(),
-        }),
+        federated.clone(),
     ));
     let validator = Validator::new(cfg.domains.clone(), keys, cfg.clock_skew);
     let exchanger = Exchanger::new(
@@ -205,6 +206,9 @@ pub async fn build(
         live,
         clients: cfg.clients.clone(),
         metrics: crate::metrics::Metrics::new(),
+        federated,
+        base: cfg.clone(),
+        admin: crate::admin::AdminRuntime::default(),
     }))
 }
 
@@ -299,7 +303,7 @@ pub async fn run_with(cfg: Config, admin_token: Option<AdminToken>) -> Result<()
     let state = build(&cfg, clock, admin_token).await?;
     let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
     // Everything a refresher needs is read now, before binding: no half-start.
-    let fetch_policies = fetch_policies(&cfg)?;
+    fetch_policies(&cfg)?;
 
     let data = web::Data::from(state.clone());
     let server =
@@ -332,22 +336,14 @@ pub async fn run_with(cfg: Config, admin_token: Option<AdminToken>) -> Result<()
             maintain(&maint_state, &maint_cfg).await;
         }
     });
-    let refreshers: Vec<_> = fetch_policies
-        .into_iter()
-        .map(|(ep, policy)| {
-            actix_web::rt::spawn(crate::federated::refresh_loop(
-                state.live.clone(),
-                ep,
-                policy,
-                state.clock.clone(),
-            ))
-        })
-        .collect();
+    // The file's live domains, then whatever admin objects the backend holds.
+    crate::admin::sync_refreshers(&state, &cfg);
+    crate::admin::refresh(&state, true).await?;
+    let admin_poll = actix_web::rt::spawn(crate::admin::poll_loop(state.clone()));
     let result = server.run().await;
     maintenance.abort();
-    for r in refreshers {
-        r.abort();
-    }
+    admin_poll.abort();
+    state.admin.stop();
     tracing::info!("trustbroker stopped");
     result.map_err(ServeError::Io)
 }

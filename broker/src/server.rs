@@ -57,6 +57,11 @@ pub struct AppState {
     /// Resource servers that may call `/introspect` and `/revoke`.
     pub clients: Vec<crate::config::ClientConfig>,
     pub metrics: crate::metrics::Metrics,
+    /// Configured keys of foreign domains (swapped when admin objects change).
+    pub federated: Arc<crate::federated::FederatedKeys>,
+    /// The configuration from the file; admin objects are validated against it.
+    pub base: crate::config::Config,
+    pub admin: crate::admin::AdminRuntime,
 }
 
 impl std::fmt::Debug for AppState {
@@ -98,6 +103,45 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(crate::nodes::create_join_token),
         )
         .route("/admin/v1/nodes", web::get().to(crate::nodes::list_nodes))
+        .route("/admin/v1/trust-domains", web::get().to(crate::admin::list))
+        .route(
+            "/admin/v1/trust-domains",
+            web::post().to(crate::admin::create),
+        )
+        .route(
+            "/admin/v1/trust-domains/{name}",
+            web::get().to(crate::admin::get),
+        )
+        .route(
+            "/admin/v1/trust-domains/{name}",
+            web::put().to(crate::admin::replace),
+        )
+        .route(
+            "/admin/v1/trust-domains/{name}",
+            web::delete().to(crate::admin::delete),
+        )
+        .route(
+            "/admin/v1/trust-domains/{name}/bundle",
+            web::get().to(crate::admin::get_bundle),
+        )
+        .route(
+            "/admin/v1/trust-domains/{name}/bundle",
+            web::put().to(crate::admin::put_bundle),
+        )
+        .route("/admin/v1/boundaries", web::get().to(crate::admin::list))
+        .route("/admin/v1/boundaries", web::post().to(crate::admin::create))
+        .route(
+            "/admin/v1/boundaries/{name}",
+            web::get().to(crate::admin::get),
+        )
+        .route(
+            "/admin/v1/boundaries/{name}",
+            web::put().to(crate::admin::replace),
+        )
+        .route(
+            "/admin/v1/boundaries/{name}",
+            web::delete().to(crate::admin::delete),
+        )
         .route(
             "/admin/v1/nodes/{name}",
             web::get().to(crate::nodes::get_node),

@@ -13,6 +13,9 @@ const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tok
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const SINGLE_USE: TableDefinition<&str, u64> = TableDefinition::new("single_use");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Admin objects: "<kind>/<name>" → `{"version": n, "object": {…}}`.
+const ADMIN: TableDefinition<&str, &[u8]> = TableDefinition::new("admin_objects");
+const ADMIN_GENERATION: &str = "admin_generation";
 /// Revocation storage key → (revoked at, kept until), unix seconds.
 const REVOCATIONS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("revocations");
 const BUNDLE_SEQUENCE: &str = "bundle_sequence";
@@ -78,7 +81,7 @@ impl DurableStore {
         };
         // Create the tables so readers never see "table does not exist".
         let tx = store.db.begin_write().map_err(db_err)?;
-        for t in [KEYS, NODE_CA, JOIN_TOKENS, NODES] {
+        for t in [KEYS, NODE_CA, JOIN_TOKENS, NODES, ADMIN] {
             tx.open_table(t).map_err(db_err)?;
         }
         tx.open_table(META).map_err(db_err)?;
@@ -400,6 +403,87 @@ impl DurableStore {
             .collect()
     }
 
+    /// The admin-object generation: it moves on every change.
+    pub fn admin_generation(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let meta = tx.open_table(META).map_err(db_err)?;
+        Ok(meta
+            .get(ADMIN_GENERATION)
+            .map_err(db_err)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Every admin object, with the generation they were read at.
+    pub fn admin_list(&self) -> Result<(u64, Vec<AdminRecord>), StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let meta = tx.open_table(META).map_err(db_err)?;
+        let generation = meta
+            .get(ADMIN_GENERATION)
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        let t = tx.open_table(ADMIN).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push(AdminRecord::decode(k.value(), v.value())?);
+        }
+        Ok((generation, out))
+    }
+
+    /// Creates (`expected: None`), replaces or deletes (`object: None`) an admin object
+    /// if its version is still `expected`; versions never repeat, even across a delete.
+    pub fn admin_write(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        object: Option<&serde_json::Value>,
+    ) -> Result<AdminWrite, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let mut t = tx.open_table(ADMIN).map_err(db_err)?;
+            let current = t
+                .get(key)
+                .map_err(db_err)?
+                .map(|v| AdminRecord::decode(key, v.value()))
+                .transpose()?;
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            let floor_key = format!("admin_version:{key}");
+            let floor = meta
+                .get(floor_key.as_str())
+                .map_err(db_err)?
+                .map_or(0, |v| v.value());
+            let check = AdminWrite::check(current.as_ref().map(|c| c.version), expected);
+            if check != AdminWrite::Ok {
+                return Ok(check);
+            }
+            let cur_v = current.as_ref().map_or(0, |c| c.version);
+            let outcome = match object {
+                None => {
+                    t.remove(key).map_err(db_err)?;
+                    meta.insert(floor_key.as_str(), cur_v).map_err(db_err)?;
+                    AdminWrite::Written { version: cur_v }
+                }
+                Some(obj) => {
+                    let version = cur_v.max(floor).saturating_add(1);
+                    let bytes =
+                        serde_json::to_vec(&serde_json::json!({"version": version, "object": obj}))
+                            .map_err(db_err)?;
+                    t.insert(key, bytes.as_slice()).map_err(db_err)?;
+                    AdminWrite::Written { version }
+                }
+            };
+            let generation = meta
+                .get(ADMIN_GENERATION)
+                .map_err(db_err)?
+                .map_or(0, |v| v.value())
+                .saturating_add(1);
+            meta.insert(ADMIN_GENERATION, generation).map_err(db_err)?;
+            outcome
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(outcome)
+    }
+
     /// A cheap read that proves the store answers (readiness).
     pub fn ping(&self) -> Result<(), StoreError> {
         self.bundle_sequence().map(|_| ())
@@ -418,6 +502,59 @@ impl std::fmt::Debug for StoredCa {
         f.debug_struct("StoredCa")
             .field("pkcs8_b64", &"[redacted]")
             .finish_non_exhaustive()
+    }
+}
+
+/// An admin object as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminRecord {
+    /// "<kind>/<name>".
+    pub key: String,
+    pub version: u64,
+    pub object: serde_json::Value,
+}
+
+impl AdminRecord {
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            version: u64,
+            object: serde_json::Value,
+        }
+        let s: Stored =
+            serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Self {
+            key: key.to_owned(),
+            version: s.version,
+            object: s.object,
+        })
+    }
+}
+
+/// What an admin write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminWrite {
+    /// Written at this version (for a delete: the version deleted).
+    Written { version: u64 },
+    /// Create, but it exists (409).
+    Exists,
+    /// Update or delete, but it does not exist (404).
+    Missing,
+    /// The version moved on (412).
+    Stale,
+    /// (Internal: the preconditions hold.)
+    Ok,
+}
+
+impl AdminWrite {
+    /// The precondition outcome for `current` against `expected`.
+    pub fn check(current: Option<u64>, expected: Option<u64>) -> Self {
+        match (current, expected) {
+            (Some(_), None) => Self::Exists,
+            (None, Some(_)) => Self::Missing,
+            (Some(c), Some(e)) if c != e => Self::Stale,
+            _ => Self::Ok,
+        }
     }
 }
 

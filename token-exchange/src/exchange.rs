@@ -135,12 +135,20 @@ impl std::fmt::Debug for Stores {
     }
 }
 
+/// What the exchange decides by: who is trusted, and what may cross.
+#[derive(Debug)]
+pub struct Rules {
+    pub validator: Validator,
+    pub policy: Policy,
+}
+
 /// The exchange, ready to serve.
 pub struct Exchanger {
     settings: ExchangeSettings,
     token_endpoint: String,
-    validator: Validator,
-    policy: Policy,
+    /// Trust domains and boundaries: replaced whole when admin objects change; each
+    /// request decides under one snapshot.
+    rules: RwLock<Arc<Rules>>,
     ring: Arc<RwLock<KeyRing>>,
     stores: Stores,
     evidence: Arc<dyn EvidenceVerifier>,
@@ -151,7 +159,7 @@ impl std::fmt::Debug for Exchanger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exchanger")
             .field("settings", &self.settings)
-            .field("policy", &self.policy)
+            .field("rules", &self.rules())
             .finish_non_exhaustive()
     }
 }
@@ -169,8 +177,7 @@ impl Exchanger {
         Self {
             token_endpoint: settings.token_endpoint(),
             settings,
-            validator,
-            policy,
+            rules: RwLock::new(Arc::new(Rules { validator, policy })),
             ring,
             stores,
             evidence,
@@ -178,8 +185,18 @@ impl Exchanger {
         }
     }
 
-    pub fn validator(&self) -> &Validator {
-        &self.validator
+    /// The rules in force now.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the trust domains and boundaries; requests already deciding finish
+    /// under the rules they started with.
+    pub fn replace_rules(&self, rules: Rules) {
+        *self.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
     }
 
     pub fn revocations(&self) -> &dyn RevocationStore {
@@ -248,6 +265,7 @@ impl Exchanger {
         audit: &mut AuditRecord,
     ) -> Result<TokenResponse, ExchangeError> {
         let now = self.clock.now();
+        let rules = self.rules();
 
         // Parse.
         let req = ExchangeRequest::from_form(inbound.form)?;
@@ -255,7 +273,7 @@ impl Exchanger {
         audit.scope_requested = req.scope.as_ref().map(ToString::to_string);
 
         // Subject token.
-        let subject = self
+        let subject = rules
             .validator
             .validate(&req.subject, now)
             .await
@@ -272,7 +290,7 @@ impl Exchanger {
         let act = match &req.actor {
             None => subject.act.clone(),
             Some(presented) => {
-                let actor = self
+                let actor = rules
                     .validator
                     .validate(presented, now)
                     .await
@@ -293,7 +311,7 @@ impl Exchanger {
         }
 
         // Boundary.
-        let boundary = self.policy.select(&subject, &req.audience)?;
+        let boundary = rules.policy.select(&subject, &req.audience)?;
         audit.boundary = Some(boundary.name.clone());
         let shape = match (req.requested_token_type, boundary.token_type) {
             (RequestedTokenType::AccessToken, OutputType::AccessToken) => TokenShape::AccessToken,

@@ -54,8 +54,9 @@ impl Exchanger {
         token: &str,
         now: UnixTime,
     ) -> Result<Option<OwnToken>, StateError> {
-        let Some(local) = self
-            .validator()
+        let rules = self.rules();
+        let Some(local) = rules
+            .validator
             .domains()
             .iter()
             .find(|d| d.kind == DomainKind::Local)
@@ -71,7 +72,7 @@ impl Exchanger {
         let Some(kid) = jws.header_str("kid") else {
             return Ok(None);
         };
-        let Some(key) = self.validator().keys().jwt_key(&local.name, kid).await? else {
+        let Some(key) = rules.validator.keys().jwt_key(&local.name, kid).await? else {
             return Ok(None);
         };
         let compact = jws.compact().to_owned();

@@ -170,6 +170,15 @@ impl Validator {
         &self.domains
     }
 
+    /// The same keys and skew over other domains.
+    pub fn with_domains(&self, domains: Vec<DomainPolicy>) -> Self {
+        Self {
+            domains,
+            keys: self.keys.clone(),
+            skew: self.skew,
+        }
+    }
+
     /// Where verification keys come from.
     pub fn keys(&self) -> &dyn KeySource {
         self.keys.as_ref()

@@ -8,6 +8,7 @@
     reason = "tests fail loudly by design"
 )]
 
+mod admin;
 mod attestation;
 mod contract;
 mod federate;

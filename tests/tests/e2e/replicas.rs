@@ -329,3 +329,104 @@ fn a_node_enrolled_through_one_replica_attests_on_both_until_deleted_on_either()
         "{body}"
     );
 }
+
+#[test]
+fn admin_changes_on_one_replica_hold_on_the_other_within_a_second() {
+    use reqwest::Method;
+    let redis = RedisServer::start();
+    let p = pair(&redis);
+    let key = IssuerKey::es256();
+    let call = |on: &Broker, m: Method, path: &str, body: Option<Value>, if_match: Option<&str>| {
+        let mut r = p.http.request(m, on.url(path)).bearer_auth(ADMIN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        if let Some(v) = if_match {
+            r = r.header("If-Match", v);
+        }
+        r.send().unwrap()
+    };
+    let svid = || {
+        let claims = json!({"sub": "spiffe://cluster-b.example/ns/app/sa/x", "aud": [p.issuer], "iat": now(), "exp": now() + 300});
+        key.token(&json!({"alg": "ES256", "kid": "b1"}), &claims)
+    };
+    let status_on_b = || p.exchange(&p.b, &svid(), None).status().as_u16();
+    let within_a_second = |want: u16| {
+        let start = trust_bundles::Stopwatch::start();
+        while start.elapsed() < std::time::Duration::from_secs(1) {
+            if status_on_b() == want {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    };
+
+    // 1. A trust domain with its bundle and a boundary, made on A: B honours them.
+    let r = call(
+        &p.a,
+        Method::POST,
+        "/admin/v1/trust-domains",
+        Some(json!({"name": "cluster-b.example"})),
+        None,
+    );
+    assert_eq!(r.status(), 201);
+    let v = r.headers()["etag"].to_str().unwrap().to_owned();
+    let r = call(
+        &p.a,
+        Method::PUT,
+        "/admin/v1/trust-domains/cluster-b.example/bundle",
+        Some(serde_json::from_str(&key.bundle_json("b1")).unwrap()),
+        Some(&v),
+    );
+    assert_eq!(r.status(), 200);
+    let r = call(
+        &p.a,
+        Method::POST,
+        "/admin/v1/boundaries",
+        Some(json!({
+            "name": "b", "from": "cluster-b.example", "subjects": ["spiffe://cluster-b.example/**"],
+            "audiences": [PAYMENTS], "scopes": ["payments.read"], "attestation": "none"
+        })),
+        None,
+    );
+    assert_eq!(r.status(), 201);
+    let bv = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(within_a_second(200), "B never honoured A's new boundary");
+
+    // 2. The boundary and the domain deleted on A (the domain's version read on B): B
+    // refuses within a second.
+    assert_eq!(
+        call(
+            &p.a,
+            Method::DELETE,
+            "/admin/v1/boundaries/b",
+            None,
+            Some(&bv)
+        )
+        .status(),
+        204
+    );
+    let td: Value = call(
+        &p.b,
+        Method::GET,
+        "/admin/v1/trust-domains/cluster-b.example",
+        None,
+        None,
+    )
+    .json()
+    .unwrap();
+    let tdv = format!("\"{}\"", td["version"]);
+    assert_eq!(
+        call(
+            &p.a,
+            Method::DELETE,
+            "/admin/v1/trust-domains/cluster-b.example",
+            None,
+            Some(&tdv)
+        )
+        .status(),
+        204
+    );
+    assert!(within_a_second(400), "B still honours a deleted domain");
+}
