@@ -331,22 +331,21 @@ impl RedisState {
         token: &JoinTokenRecord,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(token).map_err(|e| StoreError::Db(e.to_string()))?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(join_key(digest))
-            .arg(json)
-            .arg("EXAT")
-            .arg(token.expires_at.max(1))
-            .ignore()
-            .cmd("SADD")
-            .arg(node_joins(&token.node))
-            .arg(digest)
-            .ignore();
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| StoreError::Db("redis: timed out".into()))?
-            .map_err(redis_err)
+        // Two keys in two cluster slots: two commands. The node's list first, so that a
+        // revocation of the node always finds (and cancels) the token.
+        let _: i64 = self
+            .query(redis::cmd("SADD").arg(node_joins(&token.node)).arg(digest))
+            .await?;
+        let _: () = self
+            .query(
+                redis::cmd("SET")
+                    .arg(join_key(digest))
+                    .arg(json)
+                    .arg("EXAT")
+                    .arg(token.expires_at.max(1)),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Removes and returns the join token: of any number of callers, one gets it.

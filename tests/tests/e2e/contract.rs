@@ -227,3 +227,214 @@ contract!(memory);
 contract!(embedded);
 contract!(redis);
 contract!(redis_cluster);
+
+// ---- The backend's durable operations: embedded, Redis, Redis Cluster ----------------
+
+use broker::store::{AdminWrite, JoinTokenRecord, NodeCert, NodeRecord, Revocation};
+
+async fn open_embedded() -> (Backend, Box<dyn std::any::Any>) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::open(&StateConfig::Embedded {
+        path: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    (b, Box::new(dir))
+}
+
+async fn open_redis() -> (Backend, Box<dyn std::any::Any>) {
+    let server = RedisServer::start();
+    let b = Backend::open(&StateConfig::Redis {
+        url: server.url(),
+        key: StateKey([9; 32]),
+    })
+    .await
+    .unwrap();
+    (b, Box::new(server))
+}
+
+async fn open_redis_cluster() -> (Backend, Box<dyn std::any::Any>) {
+    let cluster = RedisCluster::start();
+    let b = Backend::open(&StateConfig::Redis {
+        url: cluster.url(),
+        key: StateKey([9; 32]),
+    })
+    .await
+    .unwrap();
+    (b, Box::new(cluster))
+}
+
+fn node(name: &str, version: u64) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        spiffe_id: format!("spiffe://t/enforcer/{name}"),
+        enrolled_at: 1,
+        version,
+        certs: vec![NodeCert {
+            sha256: "ab".into(),
+            not_after: 2,
+        }],
+    }
+}
+
+async fn a_join_token_is_taken_once_and_revoking_its_node_cancels_it(b: Backend) {
+    let rec = JoinTokenRecord {
+        node: "n1".into(),
+        expires_at: t0() + 600,
+    };
+    b.put_join_token("d1", &rec).await.unwrap();
+    b.put_join_token("d2", &rec).await.unwrap();
+    let takes = futures_util::future::join_all((0..20).map(|_| b.take_join_token("d1"))).await;
+    assert_eq!(
+        takes
+            .iter()
+            .filter(|t| t.as_ref().unwrap().is_some())
+            .count(),
+        1
+    );
+    // The node enrolls (version 1); deleting it with a stale version does nothing, with
+    // the current one deletes it, cancels d2 and remembers the version.
+    b.update_node("n1", |cur| {
+        assert!(cur.is_none());
+        Ok((Some(node("n1", 1)), ()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.nodes().await.unwrap().len(), 1);
+    assert_eq!(b.revoke_node("n1", "7").await.unwrap(), Revocation::Stale);
+    assert_eq!(b.revoke_node("n1", "1").await.unwrap(), Revocation::Revoked);
+    assert_eq!(b.revoke_node("n1", "1").await.unwrap(), Revocation::Missing);
+    assert!(
+        b.take_join_token("d2").await.unwrap().is_none(),
+        "cancelled"
+    );
+    assert_eq!(b.last_node_version("n1").await.unwrap(), 1);
+    assert!(b.node("n1").await.unwrap().is_none());
+    assert!(b.nodes().await.unwrap().is_empty());
+}
+
+async fn concurrent_node_updates_are_serialised(b: Backend) {
+    b.update_node("n2", |_| Ok((Some(node("n2", 0)), ())))
+        .await
+        .unwrap();
+    futures_util::future::join_all((0..10).map(|_| {
+        b.update_node("n2", |cur| {
+            let mut rec = cur.unwrap();
+            rec.version += 1;
+            Ok((Some(rec), ()))
+        })
+    }))
+    .await
+    .into_iter()
+    .for_each(|r| r.unwrap());
+    assert_eq!(
+        b.node("n2").await.unwrap().unwrap().version,
+        10,
+        "no update lost"
+    );
+}
+
+async fn admin_objects_keep_versions_that_never_repeat(b: Backend) {
+    let obj = serde_json::json!({"name": "x", "scopes": ["a"]});
+    let g0 = b.admin_generation().await.unwrap();
+    let v1 = match b.admin_write("boundary/x", None, Some(&obj)).await.unwrap() {
+        AdminWrite::Written { version } => version,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        b.admin_write("boundary/x", None, Some(&obj)).await.unwrap(),
+        AdminWrite::Exists
+    );
+    assert_eq!(
+        b.admin_write("boundary/x", Some(v1 + 5), Some(&obj))
+            .await
+            .unwrap(),
+        AdminWrite::Stale
+    );
+    assert_eq!(
+        b.admin_write("boundary/y", Some(1), Some(&obj))
+            .await
+            .unwrap(),
+        AdminWrite::Missing
+    );
+    let v2 = match b
+        .admin_write("boundary/x", Some(v1), Some(&obj))
+        .await
+        .unwrap()
+    {
+        AdminWrite::Written { version } => version,
+        other => panic!("{other:?}"),
+    };
+    assert!(v2 > v1);
+    // Delete, re-create: the new version is above every earlier one.
+    assert_eq!(
+        b.admin_write("boundary/x", Some(v2), None).await.unwrap(),
+        AdminWrite::Written { version: v2 }
+    );
+    match b.admin_write("boundary/x", None, Some(&obj)).await.unwrap() {
+        AdminWrite::Written { version } => assert!(version > v2),
+        other => panic!("{other:?}"),
+    }
+    let (g, list) = b.admin_list().await.unwrap();
+    assert!(g >= g0 + 4, "every change moves the generation");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].object, obj);
+}
+
+async fn signing_keys_are_written_only_over_the_sequence_read(b: Backend) {
+    let (records, seq) = b.load_keys().await.unwrap();
+    assert!(records.is_empty());
+    assert_eq!(seq, 0);
+    let s1 = b.save_keys(&[], seq).await.unwrap().unwrap();
+    assert!(s1 > seq);
+    assert_eq!(
+        b.save_keys(&[], seq).await.unwrap(),
+        None,
+        "another replica wrote first"
+    );
+    assert_eq!(b.load_keys().await.unwrap().1, s1);
+}
+
+macro_rules! backend_contract {
+    ($name:ident, $open:ident) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn a_join_token_is_taken_once_and_revoking_its_node_cancels_it() {
+                run(async {
+                    let (b, _keep) = $open().await;
+                    super::a_join_token_is_taken_once_and_revoking_its_node_cancels_it(b).await
+                })
+            }
+
+            #[test]
+            fn concurrent_node_updates_are_serialised() {
+                run(async {
+                    let (b, _keep) = $open().await;
+                    super::concurrent_node_updates_are_serialised(b).await
+                })
+            }
+
+            #[test]
+            fn admin_objects_keep_versions_that_never_repeat() {
+                run(async {
+                    let (b, _keep) = $open().await;
+                    super::admin_objects_keep_versions_that_never_repeat(b).await
+                })
+            }
+
+            #[test]
+            fn signing_keys_are_written_only_over_the_sequence_read() {
+                run(async {
+                    let (b, _keep) = $open().await;
+                    super::signing_keys_are_written_only_over_the_sequence_read(b).await
+                })
+            }
+        }
+    };
+}
+
+backend_contract!(durable_embedded, open_embedded);
+backend_contract!(durable_redis, open_redis);
+backend_contract!(durable_redis_cluster, open_redis_cluster);
