@@ -369,6 +369,21 @@ fn in_file(state: &AppState, kind: Kind, name: &str) -> Option<Map<String, Value
         .find(|o| name_of(o) == Some(name))
 }
 
+/// The checks before changing an object: the admin token, not from the config file, and
+/// the version it must still have (`If-Match`).
+fn writable(
+    req: &HttpRequest,
+    state: &AppState,
+    kind: Kind,
+    name: &str,
+) -> Result<u64, Box<HttpResponse>> {
+    crate::nodes::check_admin(req, state)?;
+    if in_file(state, kind, name).is_some() {
+        return Err(Box::new(read_only()));
+    }
+    if_match(req)
+}
+
 fn read_only() -> HttpResponse {
     error(
         StatusCode::CONFLICT,
@@ -619,15 +634,9 @@ pub async fn replace(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(resp) = crate::nodes::check_admin(&req, &state) {
-        return *resp;
-    }
     let kind = kind_of(&req);
     let name = path.into_inner();
-    if in_file(&state, kind, &name).is_some() {
-        return read_only();
-    }
-    let expected = match if_match(&req) {
+    let expected = match writable(&req, &state, kind, &name) {
         Ok(v) => v,
         Err(resp) => return *resp,
     };
@@ -656,15 +665,9 @@ pub async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(resp) = crate::nodes::check_admin(&req, &state) {
-        return *resp;
-    }
     let kind = kind_of(&req);
     let name = path.into_inner();
-    if in_file(&state, kind, &name).is_some() {
-        return read_only();
-    }
-    let expected = match if_match(&req) {
+    let expected = match writable(&req, &state, kind, &name) {
         Ok(v) => v,
         Err(resp) => return *resp,
     };
@@ -715,14 +718,8 @@ pub async fn put_bundle(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(resp) = crate::nodes::check_admin(&req, &state) {
-        return *resp;
-    }
     let name = path.into_inner();
-    if in_file(&state, Kind::TrustDomain, &name).is_some() {
-        return read_only();
-    }
-    let expected = match if_match(&req) {
+    let expected = match writable(&req, &state, Kind::TrustDomain, &name) {
         Ok(v) => v,
         Err(resp) => return *resp,
     };

@@ -453,8 +453,6 @@ pub async fn enroll(body: web::Bytes, state: web::Data<AppState>) -> HttpRespons
 #[serde(deny_unknown_fields)]
 struct RenewalClaims {
     csr: String,
-    iat: u64,
-    exp: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -478,7 +476,8 @@ struct NodeClaims {
 
 /// Verifies a request a node signed with its current key: ES256, `typ`, its current
 /// certificate (one, in `x5c`) chaining to the node CA and still the node's, the
-/// signature. Returns the node's name and the claims.
+/// signature, `iat`/`exp` fresh, and never seen before. Returns the node's name and the
+/// other claims.
 async fn verify_node_request(
     state: &AppState,
     compact: &str,
@@ -522,7 +521,28 @@ async fn verify_node_request(
         Err(e) => return Err(NodeRequestError::Unavailable(StoreError::Db(e.0))),
     }
     let key = leaf_public_key(leaf).map_err(|e| refuse(&e.to_string()))?;
-    let claims = jws.verify(&key).map_err(|_| refuse("signature"))?;
+    let mut claims = jws.verify(&key).map_err(|_| refuse("signature"))?;
+    // Fresh (at most a minute of life, not from the future) and used once.
+    let secs = |v: Option<serde_json::Value>| v.and_then(|v| v.as_u64());
+    let (Some(iat), Some(exp)) = (secs(claims.remove("iat")), secs(claims.remove("exp"))) else {
+        return Err(refuse("iat and exp are required"));
+    };
+    let n = now.as_secs();
+    if exp <= iat || exp - iat > RENEWAL_MAX_AGE || n >= exp || iat > n + 30 {
+        return Err(refuse("stale"));
+    }
+    match token_exchange::state::ReplayStore::check_and_mark(
+        state.renewals.as_ref(),
+        &format!("{typ}:{}", digest_hex(compact)),
+        UnixTime::from_secs(exp),
+        now,
+    )
+    .await
+    {
+        Ok(true) => {}
+        Ok(false) => return Err(refuse("replayed")),
+        Err(e) => return Err(NodeRequestError::Unavailable(StoreError::Db(e.0))),
+    }
     Ok((name, NodeClaims { fp, claims }))
 }
 
@@ -552,26 +572,6 @@ pub async fn renew(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse
     else {
         return refuse("claims");
     };
-    let n = now.as_secs();
-    if claims.exp <= claims.iat
-        || claims.exp - claims.iat > RENEWAL_MAX_AGE
-        || n >= claims.exp
-        || claims.iat > n + 30
-    {
-        return refuse("stale");
-    }
-    match token_exchange::state::ReplayStore::check_and_mark(
-        state.renewals.as_ref(),
-        &format!("renew:{}", digest_hex(&r.renewal)),
-        UnixTime::from_secs(claims.exp),
-        now,
-    )
-    .await
-    {
-        Ok(true) => {}
-        Ok(false) => return refuse("replayed"),
-        Err(e) => return unavailable(&StoreError::Db(e.0)),
-    }
     let Ok(csr) = STANDARD.decode(&claims.csr) else {
         return refuse("csr base64");
     };
@@ -590,7 +590,8 @@ pub async fn renew(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse
             // Only the newest certificate renews: a superseded (possibly leaked) one cannot
             // push the node's current key out. Revoked since the check: refuse.
             Some(mut rec) if rec.certs.last().is_some_and(|c| c.sha256 == fp) => {
-                rec.certs.retain(|c| c.sha256 == fp && c.not_after > n);
+                rec.certs
+                    .retain(|c| c.sha256 == fp && c.not_after > now.as_secs());
                 rec.certs.push(NodeCert {
                     sha256: new_fp.clone(),
                     not_after,
@@ -626,8 +627,6 @@ struct EventsRequest {
 #[serde(deny_unknown_fields)]
 struct EventsClaims {
     exited: Vec<Exited>,
-    iat: u64,
-    exp: u64,
 }
 
 /// A workload process the node attested has exited.
@@ -668,14 +667,6 @@ pub async fn events(body: web::Bytes, state: web::Data<AppState>) -> HttpRespons
     else {
         return refuse("claims");
     };
-    let n = now.as_secs();
-    if claims.exp <= claims.iat
-        || claims.exp - claims.iat > RENEWAL_MAX_AGE
-        || n >= claims.exp
-        || claims.iat > n + 30
-    {
-        return refuse("stale");
-    }
     if claims.exited.len() > MAX_EXITS_PER_REPORT
         || claims
             .exited
@@ -683,18 +674,6 @@ pub async fn events(body: web::Bytes, state: web::Data<AppState>) -> HttpRespons
             .any(|e| e.jkt.parse::<token_exchange::types::Jkt>().is_err())
     {
         return refuse("exited");
-    }
-    match token_exchange::state::ReplayStore::check_and_mark(
-        state.renewals.as_ref(),
-        &format!("events:{}", digest_hex(&r.events)),
-        UnixTime::from_secs(claims.exp),
-        now,
-    )
-    .await
-    {
-        Ok(true) => {}
-        Ok(false) => return refuse("replayed"),
-        Err(e) => return unavailable(&StoreError::Db(e.0)),
     }
     // Tokens bound to these keys were issued with at most max_ttl to live.
     let settings = state.exchanger.settings();

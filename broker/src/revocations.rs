@@ -167,6 +167,31 @@ fn audit_revoke(
     );
 }
 
+/// Stores a revocation; a backend failure is audited and answered 503.
+async fn record(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target,
+    now: UnixTime,
+    keep: UnixTime,
+) -> Result<(), Box<HttpResponse>> {
+    state
+        .exchanger
+        .revoke(target, now, keep)
+        .await
+        .map_err(|e| {
+            let detail = e.to_string();
+            audit_revoke(
+                caller,
+                "deny",
+                "temporarily_unavailable",
+                Some(target),
+                &detail,
+            );
+            Box::new(unavailable(state, &e))
+        })
+}
+
 /// `POST /introspect` (RFC 7662).
 pub async fn introspect(
     req: HttpRequest,
@@ -211,15 +236,8 @@ pub async fn revoke(
     if let Some(own) = own {
         let target = Target::Token(own.id.clone());
         let keep = keep_until(own.exp, state.exchanger.settings().skew);
-        if let Err(e) = state.exchanger.revoke(&target, now, keep).await {
-            audit_revoke(
-                &caller,
-                "deny",
-                "temporarily_unavailable",
-                Some(&target),
-                &e.to_string(),
-            );
-            return unavailable(&state, &e);
+        if let Err(resp) = record(&state, &caller, &target, now, keep).await {
+            return *resp;
         }
         audit_revoke(
             &caller,
@@ -331,15 +349,8 @@ pub async fn admin_revoke(
         }
         _ => Target::Jkt(get("jkt").unwrap_or_default().to_owned()),
     };
-    if let Err(e) = state.exchanger.revoke(&target, now, keep).await {
-        audit_revoke(
-            &caller,
-            "deny",
-            "temporarily_unavailable",
-            Some(&target),
-            &e.to_string(),
-        );
-        return unavailable(&state, &e);
+    if let Err(resp) = record(&state, &caller, &target, now, keep).await {
+        return *resp;
     }
     audit_revoke(&caller, "allow", "ok", Some(&target), "admin revocation");
     HttpResponse::Created()
