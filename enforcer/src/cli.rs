@@ -31,8 +31,14 @@ pub enum Command {
         #[arg(long)]
         broker: String,
         /// The join token. Visible to local users in the process list: prefer
-        /// `--join-token-file` or `TRUSTBROKER_JOIN_TOKEN`.
-        #[arg(long, env = "TRUSTBROKER_JOIN_TOKEN", hide_env_values = true)]
+        /// `--join-token-file` or `TRUSTBROKER_JOIN_TOKEN`. Tokens are base64url: one in 64
+        /// starts with `-`, and is still a value.
+        #[arg(
+            long,
+            env = "TRUSTBROKER_JOIN_TOKEN",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         join_token: Option<String>,
         #[arg(long, conflicts_with = "join_token")]
         join_token_file: Option<PathBuf>,
@@ -217,4 +223,33 @@ fn spawn_renewal(identity: Arc<RwLock<Identity>>, dir: PathBuf, clock: Arc<dyn C
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn a_join_token_that_starts_with_a_hyphen_is_a_value() {
+        let cli = Cli::try_parse_from([
+            "trustbroker-enforcer",
+            "enroll",
+            "--broker",
+            "http://127.0.0.1:1",
+            "--join-token",
+            "-8cLv3AXz",
+            "--data-dir",
+            "d",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Enroll { join_token, .. } => {
+                assert_eq!(join_token.as_deref(), Some("-8cLv3AXz"));
+            }
+            _ => panic!("not enroll"),
+        }
+    }
 }
