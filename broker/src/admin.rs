@@ -141,14 +141,14 @@ fn validate(base: &Config, records: &[AdminRecord]) -> Result<Config, Vec<(Strin
     let text = combined_text(base, records).map_err(|e| vec![(String::new(), e)])?;
     Config::parse_str(&text, base.source.as_deref(), &ProcessEnv).map_err(|Problems(ps)| {
         ps.into_iter()
-            .map(|p| (admin_path(base, records, &p.path), p.message))
+            .map(|p| (admin_path(base, &p.path), p.message))
             .collect()
     })
 }
 
 /// A problem's path in terms an API caller knows: `boundary[7].max_ttl` → the admin
 /// object's `boundary.max_ttl` (file objects keep their index).
-fn admin_path(base: &Config, records: &[AdminRecord], path: &str) -> String {
+fn admin_path(base: &Config, path: &str) -> String {
     for kind in [Kind::TrustDomain, Kind::Boundary] {
         let prefix = format!("{}[", kind.table());
         let Some(rest) = path.strip_prefix(&prefix) else {
@@ -165,13 +165,6 @@ fn admin_path(base: &Config, records: &[AdminRecord], path: &str) -> String {
             Kind::Boundary => base.file_objects.1,
         };
         if idx >= in_file {
-            let name = records
-                .iter()
-                .filter(|r| r.key.starts_with(&format!("{}/", kind.table())))
-                .nth(idx - in_file)
-                .and_then(|r| name_of(r.object.as_object()?).map(str::to_owned))
-                .unwrap_or_default();
-            let _ = name;
             return format!("{}{tail}", kind.table());
         }
     }
@@ -444,6 +437,13 @@ fn parse_body(
     Ok(o)
 }
 
+/// `?dry_run=true`: validate as for a write, answer as for a write (`version` 0), write
+/// nothing. What the Terraform provider calls at plan time.
+fn dry_run(req: &HttpRequest) -> bool {
+    form_urlencoded::parse(req.query_string().as_bytes())
+        .any(|(k, v)| k == "dry_run" && v == "true")
+}
+
 /// Validates `records` with `change` applied, writes it, and puts it in force here.
 async fn write(
     state: &AppState,
@@ -451,6 +451,17 @@ async fn write(
     name: &str,
     expected: Option<u64>,
     object: Option<Map<String, Value>>,
+) -> HttpResponse {
+    write_or_check(state, kind, name, expected, object, false).await
+}
+
+async fn write_or_check(
+    state: &AppState,
+    kind: Kind,
+    name: &str,
+    expected: Option<u64>,
+    object: Option<Map<String, Value>>,
+    dry_run: bool,
 ) -> HttpResponse {
     let current = match records(state).await {
         Ok(r) => r,
@@ -475,6 +486,21 @@ async fn write(
             }))
         } else {
             invalid(&problems)
+        };
+    }
+    if dry_run {
+        if expected.is_none() && current.iter().any(|r| r.key == key) {
+            return error(
+                StatusCode::CONFLICT,
+                "exists",
+                "an object with this name exists",
+            );
+        }
+        return match object {
+            Some(o) => HttpResponse::Ok()
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .json(shown(kind, o, 0, "api")),
+            None => HttpResponse::NoContent().finish(),
         };
     }
     let value = object.map(Value::Object);
@@ -624,10 +650,11 @@ pub async fn create(
             "an object with this name is in the config file",
         );
     }
-    write(&state, kind, &name, None, Some(o)).await
+    write_or_check(&state, kind, &name, None, Some(o), dry_run(&req)).await
 }
 
-/// `PUT /admin/v1/{trust-domains,boundaries}/{name}`: replace (If-Match required).
+/// `PUT /admin/v1/{trust-domains,boundaries}/{name}`: replace (If-Match required, but for
+/// a dry run).
 pub async fn replace(
     req: HttpRequest,
     path: web::Path<String>,
@@ -636,7 +663,15 @@ pub async fn replace(
 ) -> HttpResponse {
     let kind = kind_of(&req);
     let name = path.into_inner();
-    let expected = match writable(&req, &state, kind, &name) {
+    let checked = if dry_run(&req) {
+        crate::nodes::check_admin(&req, &state).and_then(|()| match in_file(&state, kind, &name) {
+            Some(_) => Err(Box::new(read_only())),
+            None => Ok(0),
+        })
+    } else {
+        writable(&req, &state, kind, &name)
+    };
+    let expected = match checked {
         Ok(v) => v,
         Err(resp) => return *resp,
     };
@@ -656,7 +691,7 @@ pub async fn replace(
             Err(e) => return unavailable(&e),
         }
     }
-    write(&state, kind, &name, Some(expected), Some(o)).await
+    write_or_check(&state, kind, &name, Some(expected), Some(o), dry_run(&req)).await
 }
 
 /// `DELETE /admin/v1/{trust-domains,boundaries}/{name}` (If-Match required).

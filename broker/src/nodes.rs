@@ -327,17 +327,43 @@ pub async fn create_join_token(
         node: r.node.clone(),
         expires_at,
     };
-    if let Err(e) = state
-        .backend
-        .put_join_token(&digest_hex(&token), &record)
-        .await
-    {
+    let id = digest_hex(&token);
+    if let Err(e) = state.backend.put_join_token(&id, &record).await {
         return unavailable(&e);
     }
-    tracing::info!(event = "join_token", node = %r.node, expires_at, "join token created");
+    tracing::info!(event = "join_token", node = %r.node, id = %id, expires_at, "join token created");
     HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({"token": token, "node": r.node, "expires_at": expires_at}))
+        .json(json!({"id": id, "token": token, "node": r.node, "expires_at": expires_at}))
+}
+
+/// `DELETE /admin/v1/join-tokens/{id}`: withdraws a join token not yet used. The `id` is
+/// the token's SHA-256 (hex), as creation answered; 404 once used, expired or withdrawn.
+pub async fn delete_join_token(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    if let Err(resp) = check_admin(&req, &state) {
+        return *resp;
+    }
+    let id = id.into_inner();
+    if id.len() != 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return json_error(StatusCode::NOT_FOUND, "not_found", "no such join token");
+    }
+    match state.backend.take_join_token(&id).await {
+        Ok(Some(record)) => {
+            tracing::info!(event = "join_token", node = %record.node, id = %id, "join token withdrawn");
+            HttpResponse::NoContent().finish()
+        }
+        Ok(None) => json_error(StatusCode::NOT_FOUND, "not_found", "no such join token"),
+        Err(e) => unavailable(&e),
+    }
 }
 
 #[derive(Debug, Deserialize)]

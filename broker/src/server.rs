@@ -102,6 +102,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/admin/v1/join-tokens",
             web::post().to(crate::nodes::create_join_token),
         )
+        .route(
+            "/admin/v1/join-tokens/{id}",
+            web::delete().to(crate::nodes::delete_join_token),
+        )
         .route("/admin/v1/nodes", web::get().to(crate::nodes::list_nodes))
         .route("/admin/v1/trust-domains", web::get().to(crate::admin::list))
         .route(

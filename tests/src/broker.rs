@@ -19,6 +19,12 @@ pub fn binary() -> PathBuf {
 /// build the workspace first when product code changed.
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
+    // A binary of this crate (`trustbroker-bench`) sits beside them; a test executable
+    // one level down, in `deps/`.
+    let beside = exe.parent().unwrap().join(name);
+    if beside.is_file() {
+        return beside;
+    }
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = dir.join(name);
     if !bin.is_file() {

@@ -66,7 +66,7 @@ use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use trust_bundles::jws::UnverifiedJws;
-use trust_bundles::x509::{SvidUsage, leaf_public_key, verify_x509_svid};
+use trust_bundles::x509::{SvidUsage, chain_validity, leaf_public_key, verify_x509_svid};
 use trust_bundles::{JwsAlgorithm, SpiffeBundle, SpiffeId, TrustDomain};
 
 use crate::policy::RequiredFacts;
@@ -175,6 +175,65 @@ pub struct X509EvidenceVerifier {
     authorities: Arc<RwLock<NodeAuthorities>>,
     nodes: Arc<dyn NodeStatus>,
     skew: Duration,
+    chains: ChainCache,
+}
+
+/// Most node chains remembered as verified; when full, it starts over.
+pub const MAX_CACHED_CHAINS: usize = 4096;
+
+/// Node chains that verified against the local node CA, so that a node's every piece of
+/// evidence does not pay for path building, X.509 parsing and a signature check again.
+/// Keyed by SHA-256 over the node CA's certificates and the chain's, so a different CA or
+/// a byte of difference misses; a hit holds only inside every certificate's validity.
+/// Revocation is not cached: it is asked on every piece of evidence.
+#[derive(Default)]
+struct ChainCache {
+    entries: std::sync::Mutex<HashMap<[u8; 32], VerifiedChain>>,
+}
+
+#[derive(Clone)]
+struct VerifiedChain {
+    node: SpiffeId,
+    key: Arc<trust_bundles::jwk::VerifyingKey>,
+    fingerprint: Arc<str>,
+    valid_from: u64,
+    valid_until: u64,
+}
+
+impl ChainCache {
+    fn key(local: &SpiffeBundle, chain: &[CertificateDer<'_>]) -> [u8; 32] {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        let mut put = |bytes: &[u8]| {
+            ctx.update(&(bytes.len() as u64).to_be_bytes());
+            ctx.update(bytes);
+        };
+        for a in local.x509_authorities() {
+            put(a.certificate.as_ref());
+        }
+        put(b"chain");
+        for c in chain {
+            put(c.as_ref());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<VerifiedChain> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(key)
+            .filter(|v| v.valid_from <= now && now < v.valid_until)
+            .cloned()
+    }
+
+    fn put(&self, key: [u8; 32], v: VerifiedChain) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_CACHED_CHAINS {
+            entries.clear();
+        }
+        entries.insert(key, v);
+    }
 }
 
 impl std::fmt::Debug for X509EvidenceVerifier {
@@ -199,6 +258,7 @@ impl X509EvidenceVerifier {
             authorities,
             nodes,
             skew,
+            chains: ChainCache::default(),
         }
     }
 
@@ -238,50 +298,85 @@ impl X509EvidenceVerifier {
         };
 
         // 2. The node chains to this broker's node CA, or to the subject's domain's
-        // `enforcer_ca`.
-        let (node, local) = {
+        // `enforcer_ca`. 4a. Its key.
+        let now = ctx.now.as_secs();
+        let (node, local, key, fingerprint) = {
             let auth = self
                 .authorities
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            match verify_x509_svid(
-                &chain,
-                &auth.local,
-                &auth.local_domain,
-                ctx.now,
-                SvidUsage::Client,
-            ) {
-                Ok(id) if id.path().starts_with(NODE_PATH_PREFIX) => (id, true),
-                Ok(_) => return Err(invalid("node certificate is not an enforcer identity")),
-                Err(local_err) => {
-                    let foreign = (ctx.subject.kind != DomainKind::Local)
-                        .then(|| auth.foreign.get(&ctx.subject.domain))
-                        .flatten();
-                    match foreign {
-                        Some((td, bundle)) => {
-                            let id =
-                                verify_x509_svid(&chain, bundle, td, ctx.now, SvidUsage::Client)
-                                    .map_err(|e| invalid(format!("node chain: {e}")))?;
-                            // An `enforcer_ca` may be a domain's whole SPIRE CA: only its
-                            // enforcer identities may attest, never any workload SVID.
-                            if !id.path().starts_with(NODE_PATH_PREFIX) {
-                                return Err(invalid(
-                                    "node certificate is not an enforcer identity",
-                                ));
+            let cache_key = ChainCache::key(&auth.local, &chain);
+            if let Some(hit) = self.chains.get(&cache_key, now) {
+                (hit.node, true, hit.key, hit.fingerprint)
+            } else {
+                let leaf = chain.first().ok_or_else(|| invalid("empty chain"))?;
+                let verified = match verify_x509_svid(
+                    &chain,
+                    &auth.local,
+                    &auth.local_domain,
+                    ctx.now,
+                    SvidUsage::Client,
+                ) {
+                    Ok(id) if id.path().starts_with(NODE_PATH_PREFIX) => (id, true),
+                    Ok(_) => return Err(invalid("node certificate is not an enforcer identity")),
+                    Err(local_err) => {
+                        let foreign = (ctx.subject.kind != DomainKind::Local)
+                            .then(|| auth.foreign.get(&ctx.subject.domain))
+                            .flatten();
+                        match foreign {
+                            Some((td, bundle)) => {
+                                let id = verify_x509_svid(
+                                    &chain,
+                                    bundle,
+                                    td,
+                                    ctx.now,
+                                    SvidUsage::Client,
+                                )
+                                .map_err(|e| invalid(format!("node chain: {e}")))?;
+                                // An `enforcer_ca` may be a domain's whole SPIRE CA: only
+                                // its enforcer identities may attest, never any workload
+                                // SVID.
+                                if !id.path().starts_with(NODE_PATH_PREFIX) {
+                                    return Err(invalid(
+                                        "node certificate is not an enforcer identity",
+                                    ));
+                                }
+                                (id, false)
                             }
-                            (id, false)
+                            None => return Err(invalid(format!("node chain: {local_err}"))),
                         }
-                        None => return Err(invalid(format!("node chain: {local_err}"))),
                     }
+                };
+                let key = Arc::new(
+                    leaf_public_key(leaf)
+                        .map_err(|e| invalid(format!("node key: {e}")))?
+                        .verifying_key(JwsAlgorithm::ES256)
+                        .map_err(|e| invalid(format!("node key: {e}")))?,
+                );
+                let fingerprint: Arc<str> = cert_sha256(leaf).into();
+                // Only what this broker's own node CA vouches for is remembered: a
+                // foreign `enforcer_ca` is chosen by the subject's domain.
+                if verified.1
+                    && let Ok((valid_from, valid_until)) = chain_validity(&chain)
+                {
+                    self.chains.put(
+                        cache_key,
+                        VerifiedChain {
+                            node: verified.0.clone(),
+                            key: key.clone(),
+                            fingerprint: fingerprint.clone(),
+                            valid_from,
+                            valid_until,
+                        },
+                    );
                 }
+                (verified.0, verified.1, key, fingerprint)
             }
         };
 
-        // 4.
-        let leaf = chain.first().ok_or_else(|| invalid("empty chain"))?;
-        let key = leaf_public_key(leaf).map_err(|e| invalid(format!("node key: {e}")))?;
+        // 4b.
         let payload = jws
-            .verify(&key)
+            .verify_with(&key)
             .map_err(|e| invalid(format!("signature: {e}")))?;
         let claims: EvidenceClaims = serde_json::from_value(Value::Object(payload))
             .map_err(|e| invalid(format!("claims: {e}")))?;
@@ -292,7 +387,6 @@ impl X509EvidenceVerifier {
         }
 
         // 6. SPEC §6: exp - iat ≤ 60 s, and fresh now.
-        let now = ctx.now.as_secs();
         if claims.exp <= claims.iat || claims.exp - claims.iat > MAX_EVIDENCE_AGE.as_secs() {
             return Err(invalid("lifetime is not within 60 s"));
         }
@@ -305,7 +399,7 @@ impl X509EvidenceVerifier {
 
         // 7.
         check_required(&ctx.boundary.require, &claims.proc)?;
-        Ok((node, local, cert_sha256(leaf), claims))
+        Ok((node, local, fingerprint.to_string(), claims))
     }
 }
 

@@ -150,6 +150,21 @@ fn check_leaf(leaf: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
     Ok(id)
 }
 
+/// The span in which every certificate of `chain` is valid: the latest `notBefore` and
+/// the earliest `notAfter`, in Unix seconds (what a cached verification may rely on).
+pub fn chain_validity(chain: &[CertificateDer<'_>]) -> Result<(u64, u64), SvidError> {
+    let mut span = (0u64, u64::MAX);
+    for c in chain {
+        let (_, cert) = X509Certificate::from_der(c.as_ref())
+            .map_err(|e| SvidError::Malformed(e.to_string()))?;
+        let v = cert.validity();
+        let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+        span.0 = span.0.max(secs(v.not_before.timestamp()));
+        span.1 = span.1.min(secs(v.not_after.timestamp()));
+    }
+    Ok(span)
+}
+
 /// The leaf's public key as a JWK, for verifying what the SVID's holder signed. EC keys on
 /// P-256 and P-384 only (the curves of ES256/ES384).
 pub fn leaf_public_key(leaf: &CertificateDer<'_>) -> Result<crate::Jwk, SvidError> {

@@ -371,3 +371,103 @@ fn a_domain_and_a_boundary_managed_through_the_api_take_effect_at_once() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[test]
+fn dry_runs_validate_as_writes_do_and_write_nothing() {
+    use reqwest::Method;
+    let w = world();
+    let boundary = json!({
+        "name": "planned",
+        "from": "cluster-a.example",
+        "subjects": ["spiffe://cluster-a.example/ns/batch/**"],
+        "audiences": [PAYMENTS],
+        "scopes": ["payments.read"],
+        "max_ttl": "5m",
+        "attestation": "none",
+    });
+    let get = |w: &World| call(w, Method::GET, "/admin/v1/boundaries/planned", None, None);
+
+    // 1. A valid object: the answer a create would give (version 0), and nothing stored.
+    let r = call(
+        &w,
+        Method::POST,
+        "/admin/v1/boundaries?dry_run=true",
+        Some(boundary.clone()),
+        None,
+    );
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(
+        (v["name"].as_str(), v["version"].as_u64()),
+        (Some("planned"), Some(0))
+    );
+    assert_eq!(get(&w).status(), 404);
+
+    // 2. An invalid one: the same problems, on the same paths, as a write.
+    let mut bad = boundary.clone();
+    bad["max_ttl"] = json!("whenever");
+    let r = call(
+        &w,
+        Method::POST,
+        "/admin/v1/boundaries?dry_run=true",
+        Some(bad.clone()),
+        None,
+    );
+    assert_eq!(r.status(), 400);
+    let dry = details(r);
+    let r = call(&w, Method::POST, "/admin/v1/boundaries", Some(bad), None);
+    assert_eq!(details(r), dry);
+    assert!(dry.iter().any(|(p, _)| p == "boundary.max_ttl"), "{dry:?}");
+
+    // 3. Once it exists, a dry-run create says so (Terraform then suggests an import).
+    let r = call(
+        &w,
+        Method::POST,
+        "/admin/v1/boundaries",
+        Some(boundary.clone()),
+        None,
+    );
+    assert_eq!(r.status(), 201);
+    let version = etag(&r);
+    let r = call(
+        &w,
+        Method::POST,
+        "/admin/v1/boundaries?dry_run=true",
+        Some(boundary.clone()),
+        None,
+    );
+    assert_eq!(r.status(), 409);
+
+    // 4. A dry-run replace needs no If-Match and changes nothing.
+    let mut changed = boundary.clone();
+    changed["max_ttl"] = json!("1m");
+    let r = call(
+        &w,
+        Method::PUT,
+        "/admin/v1/boundaries/planned?dry_run=true",
+        Some(changed),
+        None,
+    );
+    assert_eq!(r.status(), 200);
+    let r = get(&w);
+    assert_eq!(etag(&r), version);
+    assert_eq!(r.json::<Value>().unwrap()["max_ttl"], "5m");
+
+    // 5. The config file's objects stay read-only, and the admin token is required.
+    let r = call(
+        &w,
+        Method::PUT,
+        "/admin/v1/boundaries/cluster-a-to-payments?dry_run=true",
+        Some(boundary.clone()),
+        None,
+    );
+    assert_eq!(r.status(), 409);
+    let r = w
+        .http
+        .post(w.broker.url("/admin/v1/boundaries?dry_run=true"))
+        .bearer_auth("wrong")
+        .json(&boundary)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -41,12 +41,7 @@ require = {{ exe_sha256 = ["{exe_sha256}"] }}
 }
 
 fn sha256_hex(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap();
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha256_hex_of(&std::fs::read(path).unwrap())
 }
 
 fn join_token(b: &Broker, node: &str) -> String {
@@ -284,16 +279,27 @@ fn a_join_token_used_twice_concurrently_enrolls_once() {
     .unwrap();
     let b = Broker::start_admin(dir.path(), &config(&"0".repeat(64)), free_port(), ADMIN);
     let token = join_token(&b, "n2");
-    let results: Vec<bool> = std::thread::scope(|sc| {
+    let results: Vec<(bool, String)> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..8)
             .map(|i| {
                 let (b, token, d) = (&b, &token, dir.path().join(format!("d{i}")));
-                sc.spawn(move || enroll(b, token, &d).status.success())
+                sc.spawn(move || {
+                    let out = enroll(b, token, &d);
+                    (
+                        out.status.success(),
+                        String::from_utf8_lossy(&out.stderr).into_owned(),
+                    )
+                })
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|(ok, _)| *ok).count(),
+        1,
+        "{results:#?}\n{}",
+        b.log()
+    );
 }
 
 #[test]
@@ -531,6 +537,47 @@ fn enrollment_and_admin_refusals() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 400);
+
+    // A join token withdrawn before use (DELETE by its id, the SHA-256 creation gave)
+    // enrolls nothing; withdrawing needs the admin token, and happens once.
+    let created: Value = http
+        .post(b.url("/admin/v1/join-tokens"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"node": "n6"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let (t, id) = (
+        created["token"].as_str().unwrap(),
+        created["id"].as_str().unwrap(),
+    );
+    assert_eq!(id, sha256_hex_of(t.as_bytes()));
+    let withdraw = |id: &str, admin: &str| {
+        http.delete(b.url(&format!("/admin/v1/join-tokens/{id}")))
+            .bearer_auth(admin)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(withdraw(id, "wrong"), 401);
+    assert_eq!(
+        withdraw(&id.to_uppercase(), ADMIN),
+        404,
+        "ids are lower-case hex"
+    );
+    assert_eq!(withdraw(t, ADMIN), 404, "the token itself is not its id");
+    assert_eq!(withdraw(id, ADMIN), 204);
+    assert_eq!(withdraw(id, ADMIN), 404);
+    assert_eq!(enroll_with(t, &csr), 401);
+}
+
+fn sha256_hex_of(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]

@@ -19,6 +19,7 @@ mod live;
 mod replicas;
 mod revoke;
 mod serve;
+mod terraform;
 #[allow(
     dead_code,
     reason = "a shared fixture: not every scenario uses every item"

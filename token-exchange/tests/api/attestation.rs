@@ -23,7 +23,7 @@ use token_exchange::state::{BoxFuture, StateError};
 use token_exchange::{ExchangeError, Outcome};
 use trust_bundles::bundle::X509Authority;
 use trust_bundles::x509::leaf_public_key;
-use trust_bundles::{SpiffeBundle, TrustDomain};
+use trust_bundles::{SpiffeBundle, TrustDomain, UnixTime};
 
 use crate::support::*;
 
@@ -283,6 +283,43 @@ fn a_revoked_node_is_refused_at_once() {
     assert_eq!(World::code(&out), "invalid_request");
     assert!(
         matches!(refusal(out), ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("revoked"))
+    );
+}
+
+#[test]
+fn a_remembered_node_chain_is_still_asked_about_revocation() {
+    // 1. An exchange with n1's evidence: its chain is now remembered as verified.
+    let f = fixture(false);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+    // 2. n1 is revoked: the same chain, in new evidence, is refused at once.
+    f.revoked.0.lock().unwrap().insert(f.node.id.clone());
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(
+        matches!(refusal(attested(&f, &d, &n, &ev)), ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("revoked"))
+    );
+}
+
+#[test]
+fn a_remembered_node_chain_expires_with_its_certificate() {
+    // 1. Verified (and remembered) while the node certificate is valid.
+    let f = fixture(false);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+    // 2. Past the certificate's notAfter (2026-08-01), fresh evidence with the same chain
+    // is refused: the memory holds only inside the validity.
+    f.w.clock.set(UnixTime::from_secs(1_785_542_400 + 60)); // 2026-08-01T00:01:00Z
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    let e = refusal(attested(&f, &d, &n, &ev));
+    assert!(
+        matches!(&e, ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("expired")),
+        "{e:?}"
     );
 }
 

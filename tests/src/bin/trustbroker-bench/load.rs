@@ -1,0 +1,210 @@
+//! The load generator: prepared HTTP/1.1 requests written on keep-alive connections,
+//! closed-loop (as fast as the broker answers) or open-loop at a fixed rate. Latency runs
+//! from each request's intended start, so a stalled broker shows in the numbers instead
+//! of slowing the generator down (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One request, ready to write.
+pub struct Prepared(pub Vec<u8>);
+
+impl Prepared {
+    pub fn post(host: &str, path: &str, headers: &[(&str, &str)], form: &str) -> Self {
+        let mut r = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            form.len()
+        );
+        for (k, v) in headers {
+            r.push_str(k);
+            r.push_str(": ");
+            r.push_str(v);
+            r.push_str("\r\n");
+        }
+        r.push_str("\r\n");
+        r.push_str(form);
+        Self(r.into_bytes())
+    }
+}
+
+#[derive(Default)]
+pub struct Outcome {
+    /// Microseconds, from intended start to the last byte of the answer.
+    pub latencies: Vec<u32>,
+    /// `status error` → count, for every answer but 200.
+    pub errors: BTreeMap<String, u64>,
+    /// Bodies of the 200 answers, when asked for (to chain tokens).
+    pub bodies: Vec<Vec<u8>>,
+    pub elapsed: Duration,
+    /// The pool ran dry before the duration was up.
+    pub exhausted: bool,
+}
+
+impl Outcome {
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile(&self, sorted: &[u32], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
+    }
+}
+
+struct Shared {
+    reqs: Vec<Prepared>,
+    next: AtomicUsize,
+}
+
+/// Drives `reqs` at `addr` over `connections` keep-alive connections for `duration`:
+/// closed-loop when `rate` is `None`, else one request every `1/rate` seconds.
+pub async fn run(
+    addr: SocketAddr,
+    reqs: Vec<Prepared>,
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    keep_bodies: bool,
+) -> Outcome {
+    let shared = Arc::new(Shared {
+        reqs,
+        next: AtomicUsize::new(0),
+    });
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            worker(addr, &shared, start, deadline, rate, keep_bodies).await
+        }));
+    }
+    let mut out = Outcome::default();
+    for t in tasks {
+        let Ok(w) = t.await else { continue };
+        out.latencies.extend(w.latencies);
+        for (k, v) in w.errors {
+            *out.errors.entry(k).or_default() += v;
+        }
+        out.bodies.extend(w.bodies);
+        out.exhausted |= w.exhausted;
+    }
+    out.elapsed = start.elapsed().min(duration);
+    if out.exhausted {
+        out.elapsed = start.elapsed();
+    }
+    out
+}
+
+async fn worker(
+    addr: SocketAddr,
+    shared: &Shared,
+    start: Instant,
+    deadline: Instant,
+    rate: Option<f64>,
+    keep_bodies: bool,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        *out.errors.entry("connect".into()).or_default() += 1;
+        return out;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        let Some(req) = shared.reqs.get(i) else {
+            out.exhausted = true;
+            break;
+        };
+        let intended = match rate {
+            Some(r) => start + Duration::from_secs_f64(i as f64 / r),
+            None => Instant::now(),
+        };
+        if intended >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(intended.into()).await;
+        let answer = async {
+            stream.write_all(&req.0).await?;
+            read_response(&mut stream, &mut buf).await
+        }
+        .await;
+        let latency = intended.elapsed();
+        out.latencies
+            .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        match answer {
+            Ok((200, body)) => {
+                if keep_bodies {
+                    out.bodies.push(body);
+                }
+            }
+            Ok((status, body)) => {
+                let code = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                *out.errors.entry(format!("{status} {code}")).or_default() += 1;
+            }
+            Err(e) => {
+                *out.errors.entry(format!("io {}", e.kind())).or_default() += 1;
+                match TcpStream::connect(addr).await {
+                    Ok(s) => stream = s,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body.
+async fn read_response(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(bad("closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("head"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("status"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .ok_or_else(|| bad("no content-length"))?;
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(bad("closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok((status, buf[head_end..head_end + length].to_vec()))
+}

@@ -1,0 +1,592 @@
+//! `trustbroker-bench`: a running broker (release build, real `trustbroker serve` and
+//! `trustbroker-enforcer` processes), driven over loopback HTTP/1.1 keep-alive with
+//! requests prepared before the timed phase, in three scenarios on two backends; plus
+//! the crypto ceiling measured in the same run.
+//!
+//! ```sh
+//! cargo run --release -p trustbroker-tests --bin trustbroker-bench
+//! cargo run --release -p trustbroker-tests --bin trustbroker-bench -- --duration 3 --backends embedded
+//! ```
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    reason = "a benchmark tool: it measures wall time and fails loudly"
+)]
+
+mod ceiling;
+mod load;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use trustbroker_tests::broker::{Broker, free_port, workspace_binary};
+use trustbroker_tests::issuers::*;
+use trustbroker_tests::redis::RedisServer;
+
+use load::{Outcome, Prepared};
+
+const API: &str = "https://bench.example/api";
+const LEDGER: &str = "https://ledger.example";
+const ADMIN: &str = "bench-admin-token-0123456789";
+
+#[derive(Debug, Clone)]
+struct Args {
+    duration: Duration,
+    connections: usize,
+    pool: usize,
+    scenarios: Vec<String>,
+    backends: Vec<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        duration: Duration::from_secs(5),
+        connections: 16,
+        pool: 40_000,
+        scenarios: vec!["attested".into(), "bearer".into(), "chained".into()],
+        backends: vec!["embedded".into(), "redis".into()],
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().unwrap_or_default();
+        match flag.as_str() {
+            "--duration" => a.duration = Duration::from_secs_f64(value().parse().unwrap()),
+            "--connections" => a.connections = value().parse().unwrap(),
+            "--pool" => a.pool = value().parse().unwrap(),
+            "--scenarios" => a.scenarios = value().split(',').map(str::to_owned).collect(),
+            "--backends" => a.backends = value().split(',').map(str::to_owned).collect(),
+            "-h" | "--help" => {
+                println!(
+                    "trustbroker-bench [--duration SECS] [--connections N] [--pool N] \
+                     [--scenarios attested,bearer,chained] [--backends embedded,redis]"
+                );
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other} (--help)"),
+        }
+    }
+    a
+}
+
+/// `cargo run` sets `CARGO`: the broker and enforcer binaries are built (release, like
+/// this one) before anything is measured.
+fn build_binaries() {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return;
+    };
+    let release = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .is_some_and(|d| d.ends_with("release"));
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "broker",
+        "--bin",
+        "trustbroker",
+        "-p",
+        "enforcer",
+        "--bin",
+        "trustbroker-enforcer",
+    ]);
+    if release {
+        cmd.arg("--release");
+    } else {
+        eprintln!("warning: a debug build measures nothing useful; use --release");
+    }
+    assert!(
+        cmd.status().unwrap().success(),
+        "building the broker failed"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn config(state: &str, exe_sha256: &str) -> String {
+    format!(
+        r#"issuer = "http://127.0.0.1:{{PORT}}"
+listen = "127.0.0.1:{{PORT}}"
+local_trust_domain = "broker.test"
+
+[state]
+{state}
+
+[[trust_domain]]
+name = "cluster-a.example"
+bundle_file = "cluster-a.bundle.json"
+
+[[boundary]]
+name = "attested"
+from = "cluster-a.example"
+subjects = ["spiffe://cluster-a.example/ns/bench/sa/*"]
+audiences = ["{API}"]
+scopes = ["bench.read"]
+attestation = "required"
+require = {{ exe_sha256 = ["{exe_sha256}"] }}
+
+[[boundary]]
+name = "bearer"
+from = "cluster-a.example"
+subjects = ["spiffe://cluster-a.example/ns/bearer/sa/*"]
+audiences = ["{API}", "http://127.0.0.1:{{PORT}}"]
+scopes = ["bench.read"]
+attestation = "none"
+
+[[boundary]]
+name = "chained"
+from = "broker.test"
+subjects = ["spiffe://cluster-a.example/ns/bearer/sa/*"]
+audiences = ["{LEDGER}"]
+scopes = ["bench.read"]
+attestation = "none"
+max_hops = 2
+"#
+    )
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A broker on one backend, an enrolled enforcer, and this process registered with it.
+struct Setup {
+    broker: Broker,
+    cluster: IssuerKey,
+    dpop: DpopKey,
+    socket: PathBuf,
+    _enforcer: KillOnDrop,
+    _redis: Option<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(backend: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = IssuerKey::es256();
+    std::fs::write(
+        dir.path().join("cluster-a.bundle.json"),
+        cluster.bundle_json("c1"),
+    )
+    .unwrap();
+    let exe = std::env::current_exe().unwrap().canonicalize().unwrap();
+    let exe_sha = sha256_hex(&std::fs::read(&exe).unwrap());
+    let state_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let (state, redis) = match backend {
+        "embedded" => ("path = \"state\"".to_owned(), None),
+        "redis" => {
+            let r = RedisServer::start();
+            (
+                format!("backend = \"redis\"\nurl = \"{}\"", r.url()),
+                Some(r),
+            )
+        }
+        other => panic!("unknown backend {other}"),
+    };
+    let broker = Broker::start_env(
+        dir.path(),
+        &config(&state, &exe_sha),
+        free_port(),
+        &[
+            ("TRUSTBROKER_ADMIN_TOKEN", ADMIN),
+            ("TRUSTBROKER_STATE_KEY", &state_key),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    // Enroll a node, and run its enforcer with this benchmark as a registered workload.
+    let token: Value = reqwest::blocking::Client::new()
+        .post(broker.url("/admin/v1/join-tokens"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"node": "bench-node"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let enforcer = workspace_binary("enforcer", "trustbroker-enforcer");
+    let data = dir.path().join("node");
+    let out = Command::new(&enforcer)
+        .args(["enroll", "--broker", &broker.base, "--join-token"])
+        .arg(token["token"].as_str().unwrap())
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let socket = dir.path().join("enforcer.sock");
+    let registrations = dir.path().join("enforcer.toml");
+    std::fs::write(
+        &registrations,
+        format!(
+            "[[workload]]\nspiffe_id = \"spiffe://cluster-a.example/ns/bench/sa/api\"\nselectors = {{ exe = \"{}\" }}\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(&enforcer)
+        .args(["run", "--data-dir"])
+        .arg(&data)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&registrations)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Setup {
+        broker,
+        cluster,
+        dpop: DpopKey::new(),
+        socket,
+        _enforcer: KillOnDrop(child),
+        _redis: redis,
+        _dir: dir,
+    }
+}
+
+static JTI: AtomicU64 = AtomicU64::new(0);
+
+fn svid(s: &Setup, ns: &str) -> String {
+    let jti = JTI.fetch_add(1, Ordering::Relaxed);
+    let claims = json!({"sub": format!("spiffe://cluster-a.example/ns/{ns}/sa/api"),
+        "aud": [s.broker.base], "iat": now(), "exp": now() + 600, "jti": format!("bench-{jti}")});
+    s.cluster
+        .token(&json!({"alg": "ES256", "kid": "c1"}), &claims)
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut f = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        f.append_pair(k, v);
+    }
+    f.finish()
+}
+
+fn host(s: &Setup) -> String {
+    s.broker.base.trim_start_matches("http://").to_owned()
+}
+
+/// `n` attested requests: a fresh SVID, nonce, evidence and DPoP proof each.
+fn prepare_attested(s: &Setup, n: usize) -> Vec<Prepared> {
+    let threads = 4;
+    let host = host(s);
+    let htu = s.broker.url("/token");
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (host, htu) = (&host, &htu);
+                scope.spawn(move || {
+                    let http = reqwest::blocking::Client::new();
+                    (0..n / threads + usize::from(t < n % threads))
+                        .map(|_| {
+                            let nonce: Value = http
+                                .post(s.broker.url("/attest/challenge"))
+                                .send()
+                                .unwrap()
+                                .json()
+                                .unwrap();
+                            let nonce = nonce["nonce"].as_str().unwrap();
+                            let evidence =
+                                broker::client::evidence(&s.socket, nonce, &s.dpop.jkt).unwrap();
+                            let jti = format!("d{}", JTI.fetch_add(1, Ordering::Relaxed));
+                            let proof = s.dpop.proof(htu, Some(nonce), &jti);
+                            let body = form(&[
+                                ("grant_type", TE),
+                                ("subject_token", &svid(s, "bench")),
+                                ("subject_token_type", JWT_TYPE),
+                                ("audience", API),
+                                ("scope", "bench.read"),
+                            ]);
+                            Prepared::post(
+                                host,
+                                "/token",
+                                &[("DPoP", &proof), ("Runtime-Attestation", &evidence)],
+                                &body,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+fn prepare_bearer(s: &Setup, n: usize, audience: &str) -> Vec<Prepared> {
+    let host = host(s);
+    (0..n)
+        .map(|_| {
+            let body = form(&[
+                ("grant_type", TE),
+                ("subject_token", &svid(s, "bearer")),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", audience),
+                ("scope", "bench.read"),
+            ]);
+            Prepared::post(&host, "/token", &[], &body)
+        })
+        .collect()
+}
+
+/// `n` broker tokens (minted untimed), each to be exchanged again.
+fn prepare_chained(
+    s: &Setup,
+    n: usize,
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+) -> Vec<Prepared> {
+    let first = prepare_bearer(s, n, &s.broker.base);
+    let out = rt.block_on(load::run(
+        addr,
+        first,
+        8,
+        Duration::from_secs(600),
+        None,
+        true,
+    ));
+    assert!(
+        out.errors.is_empty(),
+        "minting the tokens to chain: {:?}",
+        out.errors
+    );
+    let host = host(s);
+    out.bodies
+        .iter()
+        .map(|b| {
+            let v: Value = serde_json::from_slice(b).unwrap();
+            let body = form(&[
+                ("grant_type", TE),
+                ("subject_token", v["access_token"].as_str().unwrap()),
+                ("subject_token_type", AT_TYPE),
+                ("audience", LEDGER),
+                ("scope", "bench.read"),
+            ]);
+            Prepared::post(&host, "/token", &[], &body)
+        })
+        .collect()
+}
+
+fn prepare(
+    scenario: &str,
+    s: &Setup,
+    n: usize,
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+) -> Vec<Prepared> {
+    match scenario {
+        "attested" => prepare_attested(s, n),
+        "bearer" => prepare_bearer(s, n, API),
+        "chained" => prepare_chained(s, n, rt, addr),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// (VmRSS, VmHWM) of a process, in MiB.
+fn rss(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Row {
+    backend: String,
+    scenario: String,
+    max: Outcome,
+    max_sorted: Vec<u32>,
+    half: Outcome,
+    half_sorted: Vec<u32>,
+    rss_idle: f64,
+    rss_peak: f64,
+}
+
+fn sorted(o: &Outcome) -> Vec<u32> {
+    let mut v = o.latencies.clone();
+    v.sort_unstable();
+    v
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    format!("{cores} cores, {cpu}")
+}
+
+fn main() {
+    let a = args();
+    build_binaries();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!("trustbroker-bench on {}", machine());
+    println!(
+        "{} s per phase, {} connections, pool up to {} requests\n",
+        a.duration.as_secs_f64(),
+        a.connections,
+        a.pool
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ceiling = ceiling::measure(cores, Duration::from_secs(2));
+    println!(
+        "crypto ceiling: {ceiling:.0} exchanges/s on {cores} threads (3 × ES256 verify + 1 × ES256 sign)\n"
+    );
+
+    let mut rows = Vec::new();
+    for backend in &a.backends {
+        let s = setup(backend);
+        let addr: SocketAddr = host(&s).parse().unwrap();
+        let pid = s.broker.pid();
+        let (rss_idle, _) = rss(pid);
+        for scenario in &a.scenarios {
+            // Max rate: closed loop.
+            let t = Instant::now();
+            let pool = prepare(scenario, &s, a.pool, &rt, addr);
+            let prep = t.elapsed();
+            let max = rt.block_on(load::run(
+                addr,
+                pool,
+                a.connections,
+                a.duration,
+                None,
+                false,
+            ));
+            // Half that rate: open loop, latency from the schedule.
+            let half_rate = max.rate() / 2.0;
+            let n = (half_rate * a.duration.as_secs_f64()).ceil() as usize + 1;
+            let pool = prepare(scenario, &s, n, &rt, addr);
+            let half = rt.block_on(load::run(
+                addr,
+                pool,
+                a.connections,
+                a.duration,
+                Some(half_rate),
+                false,
+            ));
+            let (_, rss_peak) = rss(pid);
+            eprintln!(
+                "{backend}/{scenario}: {:.0} req/s (pool {} used, prepared in {:.1} s{})",
+                max.rate(),
+                max.latencies.len(),
+                prep.as_secs_f64(),
+                if max.exhausted {
+                    "; it ran dry before the phase ended: the rate is over the time it lasted"
+                } else {
+                    ""
+                }
+            );
+            rows.push(Row {
+                backend: backend.clone(),
+                scenario: scenario.clone(),
+                max_sorted: sorted(&max),
+                half_sorted: sorted(&half),
+                max,
+                half,
+                rss_idle,
+                rss_peak,
+            });
+        }
+    }
+    report(&rows, ceiling);
+}
+
+fn report(rows: &[Row], ceiling: f64) {
+    println!(
+        "\n{:<9} {:<9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>12} {:>7} {:>9} {:>9}",
+        "backend",
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "p99@½ ms",
+        "errors",
+        "RSS idle",
+        "RSS peak"
+    );
+    for r in rows {
+        let m = &r.max;
+        let errors: u64 = m.errors.values().sum::<u64>() + r.half.errors.values().sum::<u64>();
+        println!(
+            "{:<9} {:<9} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>12.2} {:>7} {:>8.1}M {:>8.1}M",
+            r.backend,
+            r.scenario,
+            m.rate(),
+            m.percentile(&r.max_sorted, 0.50),
+            m.percentile(&r.max_sorted, 0.90),
+            m.percentile(&r.max_sorted, 0.99),
+            m.percentile(&r.max_sorted, 1.0),
+            r.half.percentile(&r.half_sorted, 0.99),
+            errors,
+            r.rss_idle,
+            r.rss_peak,
+        );
+        for (code, n) in m.errors.iter().chain(r.half.errors.iter()) {
+            println!("    error {code}: {n}");
+        }
+    }
+    println!("\ncrypto ceiling: {ceiling:.0}/s");
+    for r in rows.iter().filter(|r| r.scenario == "attested") {
+        let ratio = r.max.rate() / ceiling;
+        let p99_half = r.half.percentile(&r.half_sorted, 0.99);
+        let errors: u64 = r.max.errors.values().sum::<u64>() + r.half.errors.values().sum::<u64>();
+        let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
+        println!(
+            "{:<9} attested: ratio = {:.0}/s ÷ {ceiling:.0}/s = {ratio:.2} [{}]; p99 at half rate {p99_half:.2} ms [{}]; RSS idle {:.1} MiB [{}], peak {:.1} MiB [{}]; errors {errors} [{}]",
+            r.backend,
+            r.max.rate(),
+            verdict(ratio >= 0.70),
+            verdict(p99_half <= 5.0),
+            r.rss_idle,
+            verdict(r.rss_idle <= 64.0),
+            r.rss_peak,
+            verdict(r.rss_peak <= 150.0),
+            verdict(errors == 0),
+        );
+    }
+}
