@@ -10,6 +10,7 @@
 //! the exchange turns into `503 temporarily_unavailable`: nothing is issued on a guess.
 //! The connection reconnects by itself when Redis returns.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -627,17 +628,21 @@ impl ReplayStore for RedisState {
     ) -> BoxFuture<'a, Result<bool, StateError>> {
         Box::pin(async move {
             // The value is the mark's own expiry, compared on our clock (Redis's expiry
-            // only reclaims the memory), so every backend answers alike.
-            let script = Script::new(
-                r"local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-                  if cur > tonumber(ARGV[2]) then return 0 end
-                  redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
-                  return 1",
-            );
+            // only reclaims the memory), so every backend answers alike. Hashed once:
+            // every DPoP proof runs it.
+            static MARK: LazyLock<Script> = LazyLock::new(|| {
+                Script::new(
+                    r"local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+                      if cur > tonumber(ARGV[2]) then return 0 end
+                      redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
+                      return 1",
+                )
+            });
+            let script = &*MARK;
             let exat = expires_at.as_secs().max(now.as_secs().saturating_add(1));
             let first: i64 = self
                 .script(
-                    &script,
+                    script,
                     &[&hashed("tb:seen:", key)],
                     &[
                         &expires_at.as_secs().to_string(),

@@ -33,11 +33,46 @@ pub struct VerifiedEvidence {
     pub digest: String,
 }
 
+/// Evidence whose local checks hold (shape, chain, signature, freshness, `require`), still
+/// to be confirmed against shared state: that its node is enrolled with this certificate
+/// now. Only [`EvidenceVerifier::confirm`] turns it into [`VerifiedEvidence`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedEvidence {
+    evidence: VerifiedEvidence,
+    /// SHA-256 (hex) of the node certificate, for nodes enrolled at this broker; `None`
+    /// for nodes of a foreign `enforcer_ca` (their domain revokes them).
+    enrolled_cert: Option<String>,
+}
+
+impl CheckedEvidence {
+    /// What the evidence says; the exchange matches it against the request before the
+    /// node is confirmed.
+    pub fn claims(&self) -> &VerifiedEvidence {
+        &self.evidence
+    }
+}
+
+/// Verifies evidence in two halves, so the exchange can check everything local first and
+/// then ask shared state all its questions at once (one round trip to Redis).
 pub trait EvidenceVerifier: Send + Sync {
+    /// Everything that needs no shared state.
+    fn check(&self, ctx: &EvidenceContext<'_>) -> Result<CheckedEvidence, EvidenceError>;
+
+    /// The state half: the node has not been revoked and this is its current
+    /// certificate.
+    fn confirm<'a>(
+        &'a self,
+        checked: CheckedEvidence,
+    ) -> BoxFuture<'a, Result<VerifiedEvidence, EvidenceError>>;
+
+    /// Both halves, one after the other.
     fn verify<'a>(
         &'a self,
         ctx: EvidenceContext<'a>,
-    ) -> BoxFuture<'a, Result<VerifiedEvidence, EvidenceError>>;
+    ) -> BoxFuture<'a, Result<VerifiedEvidence, EvidenceError>> {
+        let checked = self.check(&ctx);
+        Box::pin(async move { self.confirm(checked?).await })
+    }
 }
 
 /// Refuses all evidence: the verifier of a broker that cannot check it.
@@ -45,9 +80,13 @@ pub trait EvidenceVerifier: Send + Sync {
 pub struct RefuseAllEvidence;
 
 impl EvidenceVerifier for RefuseAllEvidence {
-    fn verify<'a>(
+    fn check(&self, _ctx: &EvidenceContext<'_>) -> Result<CheckedEvidence, EvidenceError> {
+        Err(EvidenceError::Unsupported)
+    }
+
+    fn confirm<'a>(
         &'a self,
-        _ctx: EvidenceContext<'a>,
+        _checked: CheckedEvidence,
     ) -> BoxFuture<'a, Result<VerifiedEvidence, EvidenceError>> {
         Box::pin(async { Err(EvidenceError::Unsupported) })
     }
@@ -263,8 +302,8 @@ impl X509EvidenceVerifier {
     }
 
     /// 1. shape, 2. chain to a node CA, 4. signature, 5. `iss` = SAN, 6. freshness,
-    /// 7. `require` facts. (3. revocation is asynchronous and done by the caller.)
-    fn check(
+    /// 7. `require` facts. (3. revocation is asynchronous: [`EvidenceVerifier::confirm`].)
+    fn check_local(
         &self,
         ctx: &EvidenceContext<'_>,
     ) -> Result<(SpiffeId, bool, String, EvidenceClaims), EvidenceError> {
@@ -424,30 +463,37 @@ fn check_required(req: &RequiredFacts, p: &ProcFacts) -> Result<(), EvidenceErro
 }
 
 impl EvidenceVerifier for X509EvidenceVerifier {
-    fn verify<'a>(
-        &'a self,
-        ctx: EvidenceContext<'a>,
-    ) -> BoxFuture<'a, Result<VerifiedEvidence, EvidenceError>> {
-        Box::pin(async move {
-            let (node, local, fingerprint, claims) = self.check(&ctx)?;
-            // 3. Revocation, after the chain proves which node this is. Nodes of a foreign
-            // `enforcer_ca` are not enrolled here; their domain revokes them.
-            if local
-                && !self
-                    .nodes
-                    .is_active(node.as_str(), &fingerprint)
-                    .await
-                    .map_err(EvidenceError::Unavailable)?
-            {
-                return Err(invalid("node is revoked or its certificate was replaced"));
-            }
-            Ok(VerifiedEvidence {
+    fn check(&self, ctx: &EvidenceContext<'_>) -> Result<CheckedEvidence, EvidenceError> {
+        let (node, local, fingerprint, claims) = self.check_local(ctx)?;
+        Ok(CheckedEvidence {
+            evidence: VerifiedEvidence {
                 node: node.to_string(),
                 workload: claims.sub,
                 nonce: claims.nonce,
                 jkt: claims.cnf.jkt,
                 digest: evidence_digest(ctx.evidence),
-            })
+            },
+            enrolled_cert: local.then_some(fingerprint),
+        })
+    }
+
+    fn confirm<'a>(
+        &'a self,
+        checked: CheckedEvidence,
+    ) -> BoxFuture<'a, Result<VerifiedEvidence, EvidenceError>> {
+        Box::pin(async move {
+            // 3. Revocation, after the chain proves which node this is. Nodes of a foreign
+            // `enforcer_ca` are not enrolled here; their domain revokes them.
+            if let Some(fingerprint) = &checked.enrolled_cert
+                && !self
+                    .nodes
+                    .is_active(&checked.evidence.node, fingerprint)
+                    .await
+                    .map_err(EvidenceError::Unavailable)?
+            {
+                return Err(invalid("node is revoked or its certificate was replaced"));
+            }
+            Ok(checked.evidence)
         })
     }
 }

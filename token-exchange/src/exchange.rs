@@ -9,10 +9,11 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use futures_util::future::join;
 use serde_json::{Map, Value};
 use trust_bundles::{Clock, UnixTime};
 
-use crate::attestation::{EvidenceContext, EvidenceVerifier, VerifiedEvidence};
+use crate::attestation::{CheckedEvidence, EvidenceContext, EvidenceVerifier};
 use crate::audit::{AuditRecord, Decision};
 use crate::dpop::{self, IAT_WINDOW, ProofTarget, VerifiedProof};
 use crate::error::{ErrorCode, EvidenceError, ExchangeError};
@@ -282,28 +283,29 @@ impl Exchanger {
         audit.from = Some(subject.domain.clone());
         audit.jti_in = subject.jti.clone();
 
-        self.check_revoked(&subject, "subject", now).await?;
         let mut lineage = subject.lineage.clone();
         lineage.push(subject.token_id.clone());
 
         // Delegation (RFC 8693 §4.1, §4.4).
+        let mut actor = None;
         let act = match &req.actor {
             None => subject.act.clone(),
             Some(presented) => {
-                let actor = rules
+                let a = rules
                     .validator
                     .validate(presented, now)
                     .await
                     .map_err(ExchangeError::Actor)?;
-                audit.actor = Some(actor.subject.clone());
-                self.check_revoked(&actor, "actor", now).await?;
-                check_may_act(&subject, &actor)?;
-                for id in actor.lineage.iter().chain([&actor.token_id]) {
+                audit.actor = Some(a.subject.clone());
+                check_may_act(&subject, &a)?;
+                for id in a.lineage.iter().chain([&a.token_id]) {
                     if !lineage.contains(id) {
                         lineage.push(id.clone());
                     }
                 }
-                Some(nest_act(&actor, subject.act.as_ref())?)
+                let act = nest_act(&a, subject.act.as_ref())?;
+                actor = Some(a);
+                Some(act)
             }
         };
         if lineage.len() > MAX_LINEAGE {
@@ -382,12 +384,12 @@ impl Exchanger {
             }
         }
 
-        // Evidence.
-        let verified = match (evidence, &proof) {
-            (Some(ev), Some(p)) => Some(self.check_evidence(ev, &subject, boundary, p, now).await?),
+        // Evidence, the local half.
+        let checked = match (evidence, &proof) {
+            (Some(ev), Some(p)) => Some(self.check_evidence(ev, &subject, boundary, p, now)?),
             _ => None,
         };
-        audit.node = verified.as_ref().map(|v| v.node.clone());
+        audit.node = checked.as_ref().map(|c| c.claims().node.clone());
 
         // Scope and lifetime.
         let down = crate::policy::downscope(
@@ -395,17 +397,48 @@ impl Exchanger {
             boundary,
             &CrossingContext {
                 asked: req.scope.as_ref(),
-                attested: verified.is_some(),
+                attested: checked.is_some(),
                 limits: self.settings.limits,
                 issuer: &self.settings.issuer,
                 now,
             },
         )?;
 
-        // Shared state, last: nonce, DPoP jti, single-use subject.
-        if let Some(p) = &proof {
-            self.consume(p, now, nonce_error).await?;
-        }
+        // Shared state, last, every question at once (one round trip to Redis): the
+        // subject and actor not revoked, the node still enrolled, the nonce consumed, the
+        // proof's `jti` marked. A request refused here has spent its nonce and its proof.
+        // Answers are judged in that order, so the refusal is the same as if they had
+        // been asked one by one.
+        let (revoked, (node, spent)) = join(
+            join(self.check_revoked(&subject, "subject", now), async {
+                match &actor {
+                    Some(a) => self.check_revoked(a, "actor", now).await,
+                    None => Ok(()),
+                }
+            }),
+            join(
+                async {
+                    match checked {
+                        Some(c) => self.evidence.confirm(c).await.map(Some),
+                        None => Ok(None),
+                    }
+                },
+                async {
+                    match &proof {
+                        Some(p) => self.spend(p, now, nonce_error).await,
+                        None => Ok(()),
+                    }
+                },
+            ),
+        )
+        .await;
+        revoked.0?;
+        revoked.1?;
+        let verified = node.map_err(ExchangeError::Evidence)?;
+        spent?;
+
+        // The single-use subject only once the rest has passed: a refused request must
+        // not burn it.
         if boundary.single_use
             && let Some(jti) = &subject.jti
         {
@@ -466,24 +499,24 @@ impl Exchanger {
         })
     }
 
-    async fn check_evidence(
+    fn check_evidence(
         &self,
         evidence: &str,
         subject: &ValidatedToken,
         boundary: &Boundary,
         proof: &VerifiedProof,
         now: UnixTime,
-    ) -> Result<VerifiedEvidence, ExchangeError> {
-        let v = self
+    ) -> Result<CheckedEvidence, ExchangeError> {
+        let checked = self
             .evidence
-            .verify(EvidenceContext {
+            .check(&EvidenceContext {
                 evidence,
                 subject,
                 boundary,
                 now,
             })
-            .await
             .map_err(ExchangeError::Evidence)?;
+        let v = checked.claims();
         // SPEC §11: the evidence and the proof carry the same broker nonce.
         if proof.nonce.as_deref() != Some(v.nonce.as_str()) {
             return Err(ExchangeError::Evidence(EvidenceError::NonceMismatch));
@@ -505,7 +538,7 @@ impl Exchanger {
                 "evidence `sub` is not the subject's workload".into(),
             )));
         }
-        Ok(v)
+        Ok(checked)
     }
 
     /// Refuses a token that a revocation covers (SPEC §4: "not revoked").
@@ -532,22 +565,29 @@ impl Exchanger {
         }
     }
 
-    async fn consume(
+    /// Consumes the proof's nonce and marks its `jti`, both at once; a bad nonce is the
+    /// refusal when both fail.
+    async fn spend(
         &self,
         proof: &VerifiedProof,
         now: UnixTime,
         nonce_error: ExchangeError,
     ) -> Result<(), ExchangeError> {
         let nonce = proof.nonce.as_deref().ok_or_else(|| nonce_error.clone())?;
-        if !self.stores.nonces.consume(nonce, now).await? {
-            return Err(nonce_error);
-        }
         // RFC 9449 §11.1: a proof is single use for as long as its `iat` is acceptable.
         let until = now
             .checked_add(IAT_WINDOW + self.settings.skew)
             .unwrap_or(now);
         let key = format!("dpop:{}:{}", proof.jkt, proof.jti);
-        if !self.stores.replay.check_and_mark(&key, until, now).await? {
+        let (fresh, first) = join(
+            self.stores.nonces.consume(nonce, now),
+            self.stores.replay.check_and_mark(&key, until, now),
+        )
+        .await;
+        if !fresh? {
+            return Err(nonce_error);
+        }
+        if !first? {
             return Err(ExchangeError::DpopReplayed);
         }
         Ok(())

@@ -308,6 +308,36 @@ fn single_use_boundaries_accept_a_subject_token_once() {
 }
 
 #[test]
+fn a_request_refused_for_its_nonce_does_not_spend_a_single_use_subject() {
+    let w = World::new();
+    let d = Dpop::new();
+    let n = w.nonce();
+    // The nonce is spent by one exchange...
+    let other = w.svid("/ns/payments/sa/api", 600);
+    let form = [
+        ("grant_type", TE),
+        ("subject_token", other.as_str()),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", PAYMENTS),
+    ];
+    let first = d.proof(w.now(), Some(&n));
+    assert!(w.exchange(&form, &[&first], &[]).result.is_ok());
+    // ...so a single-use subject presented with it is refused at the state step,
+    let t = w.svid_with("/ns/once/sa/api", json!({"jti": "svid-nonce"}));
+    let form = [
+        ("grant_type", TE),
+        ("subject_token", t.as_str()),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", PAYMENTS),
+    ];
+    let again = d.proof(w.now(), Some(&n));
+    let out = w.exchange(&form, &[&again], &[]);
+    assert_eq!(World::code(&out), "use_dpop_nonce");
+    // and the subject has not been used up by that refusal.
+    assert!(w.simple(&t, PAYMENTS, None).result.is_ok());
+}
+
+#[test]
 fn cloud_iam_jwt_output() {
     let w = World::new();
     let svid = w.svid("/ns/iam/sa/deployer", 600);

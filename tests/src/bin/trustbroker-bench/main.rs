@@ -177,7 +177,7 @@ struct Setup {
     dpop: DpopKey,
     socket: PathBuf,
     _enforcer: KillOnDrop,
-    _redis: Option<RedisServer>,
+    redis: Option<RedisServer>,
     _dir: tempfile::TempDir,
 }
 
@@ -268,7 +268,7 @@ fn setup(backend: &str) -> Setup {
         dpop: DpopKey::new(),
         socket,
         _enforcer: KillOnDrop(child),
-        _redis: redis,
+        redis,
         _dir: dir,
     }
 }
@@ -414,6 +414,19 @@ fn prepare(
 }
 
 /// (VmRSS, VmHWM) of a process, in MiB.
+/// CPU time a process has used, in nanoseconds: the sum over its threads of the first
+/// field of `schedstat` (time on a CPU). Threads that exited are not counted.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn rss(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -487,6 +500,14 @@ fn main() {
             let t = Instant::now();
             let pool = prepare(scenario, &s, a.pool, &rt, addr);
             let prep = t.elapsed();
+            // A line to attach a profiler by: `perf record -p PID` for the next seconds.
+            eprintln!("{backend}/{scenario}: timed phase starts, broker pid {pid}");
+            let redis_pid = s.redis.as_ref().and_then(RedisServer::pid);
+            let cpu_before = [
+                cpu_ns(pid),
+                cpu_ns(std::process::id()),
+                redis_pid.map_or(0, cpu_ns),
+            ];
             let max = rt.block_on(load::run(
                 addr,
                 pool,
@@ -495,6 +516,24 @@ fn main() {
                 None,
                 false,
             ));
+            let cpu_after = [
+                cpu_ns(pid),
+                cpu_ns(std::process::id()),
+                redis_pid.map_or(0, cpu_ns),
+            ];
+            let cores = |i: usize| {
+                cpu_after[i].saturating_sub(cpu_before[i]) as f64 / 1e9 / max.elapsed.as_secs_f64()
+            };
+            let cpu = format!(
+                "; cores busy: broker {:.2}, load generator {:.2}{}",
+                cores(0),
+                cores(1),
+                if redis_pid.is_some() {
+                    format!(", redis-server {:.2}", cores(2))
+                } else {
+                    String::new()
+                }
+            );
             // Half that rate: open loop, latency from the schedule.
             let half_rate = max.rate() / 2.0;
             let n = (half_rate * a.duration.as_secs_f64()).ceil() as usize + 1;
@@ -509,7 +548,7 @@ fn main() {
             ));
             let (_, rss_peak) = rss(pid);
             eprintln!(
-                "{backend}/{scenario}: {:.0} req/s (pool {} used, prepared in {:.1} s{})",
+                "{backend}/{scenario}: {:.0} req/s (pool {} used, prepared in {:.1} s{cpu}{})",
                 max.rate(),
                 max.latencies.len(),
                 prep.as_secs_f64(),
