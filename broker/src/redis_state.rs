@@ -10,7 +10,10 @@
 //! the exchange turns into `503 temporarily_unavailable`: nothing is issued on a guess.
 //! The connection reconnects by itself when Redis returns.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -151,8 +154,68 @@ impl Sealer {
 /// The Redis backend.
 pub struct RedisState {
     conn: Conn,
+    /// For a single server: how each event-loop thread opens its own connection.
+    per_thread: Option<PerThread>,
     sealer: Sealer,
     url: String,
+}
+
+/// A connection of its own for every current-thread runtime that uses the state (each
+/// actix worker), so a command is written and its answer read on the thread that asked:
+/// no hop to the thread the shared connection lives on and back, which costs a wake-up
+/// each way on every command. The shared connection answers until the thread's own is
+/// ready, and whenever it is not.
+struct PerThread {
+    id: u64,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+}
+
+thread_local! {
+    /// This thread's connections, by [`PerThread::id`]; `None` while one is being opened.
+    static THREAD_CONNS: RefCell<HashMap<u64, Option<ConnectionManager>>> =
+        RefCell::new(HashMap::new());
+}
+
+static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(0);
+
+impl PerThread {
+    /// This thread's connection, if it has one ready; starts opening it otherwise. Only
+    /// on a current-thread runtime, whose tasks all run on this thread.
+    fn get(&self) -> Option<ConnectionManager> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        // `try_with`: a thread being torn down has no connections, and that is no panic.
+        THREAD_CONNS
+            .try_with(|conns| {
+                let mut conns = conns.borrow_mut();
+                if let Some(found) = conns.get(&self.id) {
+                    return found.clone();
+                }
+                conns.insert(self.id, None);
+                let (id, client, config) = (self.id, self.client.clone(), self.config.clone());
+                handle.spawn(async move {
+                    let opened = tokio::time::timeout(
+                        OP_TIMEOUT * 5,
+                        client.get_connection_manager_with_config(config),
+                    )
+                    .await;
+                    let _ = THREAD_CONNS.try_with(|conns| {
+                        let mut conns = conns.borrow_mut();
+                        match opened {
+                            Ok(Ok(conn)) => conns.insert(id, Some(conn)),
+                            // Tried again on a later command.
+                            _ => conns.remove(&id),
+                        }
+                    });
+                });
+                None
+            })
+            .ok()
+            .flatten()
+    }
 }
 
 impl std::fmt::Debug for RedisState {
@@ -181,6 +244,7 @@ fn redis_err(e: redis::RedisError) -> StoreError {
 impl RedisState {
     /// Connects to `url` (`redis://…`, `rediss://…`, or `redis+cluster://h1,h2,h3`).
     pub async fn connect(url: &str, key: &[u8; 32]) -> Result<Self, StoreError> {
+        let mut per_thread = None;
         let conn = if let Some(hosts) = url.strip_prefix("redis+cluster://") {
             let nodes: Vec<String> = hosts
                 .split(',')
@@ -205,18 +269,23 @@ impl RedisState {
                 .set_response_timeout(Some(OP_TIMEOUT))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
-            Conn::Single(
-                tokio::time::timeout(
-                    OP_TIMEOUT * 5,
-                    client.get_connection_manager_with_config(config),
-                )
-                .await
-                .map_err(|_| StoreError::Db("redis: connect timed out".into()))?
-                .map_err(redis_err)?,
+            let shared = tokio::time::timeout(
+                OP_TIMEOUT * 5,
+                client.get_connection_manager_with_config(config.clone()),
             )
+            .await
+            .map_err(|_| StoreError::Db("redis: connect timed out".into()))?
+            .map_err(redis_err)?;
+            per_thread = Some(PerThread {
+                id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
+                client,
+                config,
+            });
+            Conn::Single(shared)
         };
         Ok(Self {
             conn,
+            per_thread,
             sealer: Sealer::new(key)?,
             url: url.to_owned(),
         })
@@ -227,8 +296,16 @@ impl RedisState {
         redact_url(&self.url)
     }
 
+    /// The connection to ask on: this thread's own when it has one.
+    fn conn(&self) -> Conn {
+        match self.per_thread.as_ref().and_then(PerThread::get) {
+            Some(own) => Conn::Single(own),
+            None => self.conn.clone(),
+        }
+    }
+
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         tokio::time::timeout(OP_TIMEOUT, cmd.query_async(&mut conn))
             .await
             .map_err(|_| StoreError::Db("redis: timed out".into()))?
@@ -248,7 +325,7 @@ impl RedisState {
         for a in args {
             inv.arg(*a);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         tokio::time::timeout(OP_TIMEOUT, inv.invoke_async(&mut conn))
             .await
             .map_err(|_| StoreError::Db("redis: timed out".into()))?
