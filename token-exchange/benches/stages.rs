@@ -1,6 +1,7 @@
 //! One micro-benchmark per stage of the exchange pipeline, so that a regression points at
-//! its stage: request parsing, JWS parsing, subject verification, DPoP, policy, a node
-//! chain seen for the first time (evidence), and a whole bearer exchange (mint included).
+//! its stage: request parsing, JWS parsing, subject verification, policy, DPoP, evidence
+//! (a node chain seen for the first time, and evidence from a remembered one), minting,
+//! and whole bearer and attested exchanges.
 //!
 //! `cargo bench -p token-exchange --bench stages`
 #![allow(
@@ -16,13 +17,20 @@
 #[path = "../tests/api/support.rs"]
 mod support;
 
+#[path = "../tests/api/attest_support.rs"]
+mod attest_support;
+
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use rustls_pki_types::CertificateDer;
 use support::*;
+use token_exchange::attestation::{EvidenceContext, EvidenceVerifier as _};
 use token_exchange::dpop::{ProofTarget, verify_proof};
+use token_exchange::keys::SigningAlg;
+use token_exchange::mint::{self, Claims, TokenShape};
+use token_exchange::policy::{CrossingContext, TokenLimits, downscope};
 use token_exchange::request::ExchangeRequest;
 use trust_bundles::jws::UnverifiedJws;
 use trust_bundles::{SpiffeBundle, TrustDomain, UnixTime};
@@ -91,11 +99,130 @@ fn stages(c: &mut Criterion) {
         });
     });
 
+    let boundary = rules.policy.select(&validated, &request.audience).unwrap();
+    let down = downscope(
+        &validated,
+        boundary,
+        &CrossingContext {
+            asked: request.scope.as_ref(),
+            attested: false,
+            limits: TokenLimits {
+                default_ttl: Duration::from_secs(300),
+                max_ttl: Duration::from_secs(3600),
+            },
+            issuer: ISSUER,
+            now,
+        },
+    )
+    .unwrap();
+    let claims = Claims {
+        issuer: ISSUER,
+        subject: &validated.subject,
+        audience: &request.audience,
+        scope: &down.scope,
+        now,
+        ttl: down.ttl,
+        cnf: None,
+        act: None,
+        crossings: &down.crossings,
+        att: None,
+        lineage: &[],
+    };
+    c.bench_function("mint (ES256 access token)", |b| {
+        let ring = w.ring.read().unwrap();
+        let key = ring.signer(SigningAlg::ES256, now).unwrap();
+        b.iter(|| mint::mint(TokenShape::AccessToken, black_box(&claims), key).unwrap());
+    });
+
     c.bench_function("bearer exchange (all stages, mint included)", |b| {
         b.iter(|| {
             let out = w.exchange(black_box(&form), &[], &[]);
             assert!(out.result.is_ok());
         });
+    });
+
+    attested_stages(c);
+}
+
+/// Evidence from a node whose chain the verifier already remembers (the steady state),
+/// and a whole attested exchange: subject, DPoP, evidence, node, nonce, mint.
+fn attested_stages(c: &mut Criterion) {
+    const WORKLOAD: &str = "spiffe://cluster-a.example/ns/secure/sa/api";
+    let f = attest_support::fixture(false);
+    let now = UnixTime::from_secs(f.w.now());
+    let d = Dpop::new();
+
+    let verifier = token_exchange::attestation::X509EvidenceVerifier::new(
+        std::sync::Arc::new(std::sync::RwLock::new(
+            token_exchange::attestation::NodeAuthorities {
+                local_domain: "trustbroker.local".parse().unwrap(),
+                local: attest_support::bundle_for(&f.ca),
+                foreign: std::collections::HashMap::new(),
+            },
+        )),
+        std::sync::Arc::new(attest_support::Revoked::default()),
+        Duration::from_secs(30),
+    );
+    let svid = f.w.svid(attest_support::SECURE, 600);
+    let rules = f.w.exchanger.rules();
+    let subject = ExchangeRequest::from_form(&[
+        ("grant_type", TE),
+        ("subject_token", svid.as_str()),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", PAYMENTS),
+    ])
+    .unwrap();
+    let validated = block_on(rules.validator.validate(&subject.subject, now)).unwrap();
+    let boundary = rules.policy.select(&validated, &subject.audience).unwrap();
+    let ev = attest_support::evidence(
+        &f.node,
+        WORKLOAD,
+        "nonce-0123456789",
+        &d.jkt,
+        f.w.now(),
+        attest_support::facts(),
+    );
+    let ctx = EvidenceContext {
+        evidence: &ev,
+        subject: &validated,
+        boundary,
+        now,
+    };
+    verifier.check(&ctx).unwrap();
+    c.bench_function("evidence verify (chain remembered)", |b| {
+        b.iter(|| verifier.check(black_box(&ctx)).unwrap());
+    });
+
+    c.bench_function("attested exchange (all stages, mint included)", |b| {
+        b.iter_batched(
+            || {
+                let n = f.w.nonce();
+                let ev = attest_support::evidence(
+                    &f.node,
+                    WORKLOAD,
+                    &n,
+                    &d.jkt,
+                    f.w.now(),
+                    attest_support::facts(),
+                );
+                let proof = d.proof(f.w.now(), Some(&n));
+                (f.w.svid(attest_support::SECURE, 600), proof, ev)
+            },
+            |(svid, proof, ev)| {
+                let out = f.w.exchange(
+                    &[
+                        ("grant_type", TE),
+                        ("subject_token", &svid),
+                        ("subject_token_type", JWT_TYPE),
+                        ("audience", PAYMENTS),
+                    ],
+                    &[&proof],
+                    &[&ev],
+                );
+                assert!(out.result.is_ok());
+            },
+            BatchSize::SmallInput,
+        );
     });
 }
 

@@ -8,6 +8,7 @@
     reason = "tests fail loudly by design"
 )]
 
+mod attest_support;
 mod attestation;
 mod dpop;
 mod exchange;
