@@ -115,7 +115,10 @@ pub fn verify_proof(proof: &str, target: &ProofTarget<'_>) -> Result<VerifiedPro
     }
     // 9: RFC 9449 §4.3 — compared without query and fragment, after syntax-based
     // normalisation (scheme and host case, default port, dot segments).
-    if normalise_htu(htu) != normalise_htu(target.uri) || normalise_htu(htu).is_none() {
+    // The common case, the endpoint spelled exactly as configured, compares as strings;
+    // the target must still be a URL for it to match.
+    let expected = normalise_htu(target.uri);
+    if expected.is_none() || (htu != target.uri && normalise_htu(htu) != expected) {
         return Err(DpopError::UriMismatch);
     }
     // 11.
