@@ -12,8 +12,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -167,14 +167,32 @@ pub struct RedisState {
 /// ready, and whenever it is not.
 struct PerThread {
     id: u64,
+    /// Held while the state lives: a thread's connection for a state that is gone is
+    /// closed the next time that thread opens one (no connection outlives its state by
+    /// more than that).
+    alive: Arc<()>,
     client: redis::Client,
     config: ConnectionManagerConfig,
+    /// For the log line when a thread cannot open its own.
+    redacted_url: String,
+}
+
+/// One thread's connection for one state.
+struct ThreadConn {
+    owner: Weak<()>,
+    /// `None` while it is being opened.
+    conn: Option<ConnectionManager>,
 }
 
 thread_local! {
-    /// This thread's connections, by [`PerThread::id`]; `None` while one is being opened.
-    static THREAD_CONNS: RefCell<HashMap<u64, Option<ConnectionManager>>> =
-        RefCell::new(HashMap::new());
+    /// This thread's connections, by [`PerThread::id`].
+    static THREAD_CONNS: RefCell<HashMap<u64, ThreadConn>> = RefCell::new(HashMap::new());
+}
+
+/// How many connections of its own this thread holds, states gone included.
+#[doc(hidden)]
+pub fn thread_connections() -> usize {
+    THREAD_CONNS.try_with(|c| c.borrow().len()).unwrap_or(0)
 }
 
 static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(0);
@@ -192,10 +210,20 @@ impl PerThread {
             .try_with(|conns| {
                 let mut conns = conns.borrow_mut();
                 if let Some(found) = conns.get(&self.id) {
-                    return found.clone();
+                    return found.conn.clone();
                 }
-                conns.insert(self.id, None);
+                // Rare (once per thread and state, or after a failure): close what states
+                // that are gone left on this thread.
+                conns.retain(|_, c| c.owner.strong_count() > 0);
+                conns.insert(
+                    self.id,
+                    ThreadConn {
+                        owner: Arc::downgrade(&self.alive),
+                        conn: None,
+                    },
+                );
                 let (id, client, config) = (self.id, self.client.clone(), self.config.clone());
+                let url = self.redacted_url.clone();
                 handle.spawn(async move {
                     let opened = tokio::time::timeout(
                         OP_TIMEOUT * 5,
@@ -205,9 +233,21 @@ impl PerThread {
                     let _ = THREAD_CONNS.try_with(|conns| {
                         let mut conns = conns.borrow_mut();
                         match opened {
-                            Ok(Ok(conn)) => conns.insert(id, Some(conn)),
-                            // Tried again on a later command.
-                            _ => conns.remove(&id),
+                            Ok(Ok(conn)) => {
+                                if let Some(entry) = conns.get_mut(&id) {
+                                    entry.conn = Some(conn);
+                                }
+                            }
+                            // The shared connection answers meanwhile; tried again on a
+                            // later command.
+                            Ok(Err(e)) => {
+                                tracing::warn!(redis = %url, error = %e, "this thread's own Redis connection did not open; using the shared one");
+                                conns.remove(&id);
+                            }
+                            Err(_) => {
+                                tracing::warn!(redis = %url, "this thread's own Redis connection timed out opening; using the shared one");
+                                conns.remove(&id);
+                            }
                         }
                     });
                 });
@@ -278,8 +318,10 @@ impl RedisState {
             .map_err(redis_err)?;
             per_thread = Some(PerThread {
                 id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
+                alive: Arc::new(()),
                 client,
                 config,
+                redacted_url: redact_url(url),
             });
             Conn::Single(shared)
         };

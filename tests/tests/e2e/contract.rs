@@ -438,3 +438,70 @@ macro_rules! backend_contract {
 backend_contract!(durable_embedded, open_embedded);
 backend_contract!(durable_redis, open_redis);
 backend_contract!(durable_redis_cluster, open_redis_cluster);
+
+/// `connected_clients` from the server's own count.
+fn redis_clients(server: &RedisServer) -> Option<u32> {
+    let info = trustbroker_tests::redis::raw_command(server.port, "INFO clients")?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Waits (real time, for a real server to see connections come and go) until the
+/// server counts `want` clients besides the one asking.
+async fn until_clients(server: &RedisServer, want: u32) -> bool {
+    for _ in 0..200 {
+        if redis_clients(server) == Some(want + 1) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[test]
+fn a_thread_closes_its_own_connection_of_a_redis_state_that_is_gone() {
+    run(async {
+        let server = RedisServer::start();
+        let open = || async {
+            Backend::open(&StateConfig::Redis {
+                url: server.url(),
+                key: StateKey([9; 32]),
+            })
+            .await
+            .unwrap()
+        };
+        let now = t(t0());
+
+        // A state used on this (current-thread) runtime: its shared connection, and the
+        // one this thread opens for it.
+        let first = open().await;
+        first.nonces().consume("n", now).await.unwrap();
+        assert!(
+            until_clients(&server, 2).await,
+            "{:?}",
+            redis_clients(&server)
+        );
+        assert_eq!(broker::redis_state::thread_connections(), 1);
+
+        // Gone: its shared connection closes with it; this thread's one for it stays
+        // until the thread next opens a connection...
+        drop(first);
+        assert!(
+            until_clients(&server, 1).await,
+            "{:?}",
+            redis_clients(&server)
+        );
+
+        // ...which a second state's first use does: the stale one is closed then, so a
+        // thread never holds more than one connection per live state.
+        let second = open().await;
+        second.nonces().consume("n", now).await.unwrap();
+        assert_eq!(broker::redis_state::thread_connections(), 1);
+        assert!(
+            until_clients(&server, 2).await,
+            "{:?}",
+            redis_clients(&server)
+        );
+    })
+}

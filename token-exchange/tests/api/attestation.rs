@@ -127,6 +127,58 @@ fn a_revoked_node_is_refused_at_once() {
 }
 
 #[test]
+fn a_node_refused_at_its_enrollment_check_spends_the_nonce_and_the_proof() {
+    // The evidence passes every local check; only the shared-state question (is n1 still
+    // enrolled?) fails. That question is asked with the nonce and the proof's `jti` in one
+    // round trip, so the refused request has spent both, and minted nothing.
+    let f = fixture(false);
+    let d = Dpop::new();
+    f.revoked.0.lock().unwrap().insert(f.node.id.clone());
+    let n = f.w.nonce();
+    let svid = f.w.svid(SECURE, 600);
+    let proof = d.proof_with(
+        json!({"typ": "dpop+jwt"}),
+        f.w.now(),
+        Some(&n),
+        json!({"jti": "one-proof"}),
+    );
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    let form = [
+        ("grant_type", TE),
+        ("subject_token", svid.as_str()),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", PAYMENTS),
+    ];
+    let out = f.w.exchange(&form, &[&proof], &[&ev]);
+    assert!(out.audit.jti_out.is_none());
+    assert!(
+        matches!(refusal(out), ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("revoked"))
+    );
+
+    // n1 enrolled again: the same request now fails on its spent nonce...
+    f.revoked.0.lock().unwrap().clear();
+    let again = f.w.exchange(&form, &[&proof], &[&ev]);
+    assert_eq!(World::code(&again), "use_fresh_attestation");
+    // ...and a proof reusing the `jti` with a fresh nonce is a replay.
+    let n2 = f.w.nonce();
+    let replay = d.proof_with(
+        json!({"typ": "dpop+jwt"}),
+        f.w.now(),
+        Some(&n2),
+        json!({"jti": "one-proof"}),
+    );
+    let ev2 = evidence(&f.node, WORKLOAD, &n2, &d.jkt, f.w.now(), facts());
+    assert_eq!(
+        refusal(f.w.exchange(&form, &[&replay], &[&ev2])),
+        ExchangeError::DpopReplayed
+    );
+    // A new proof and a fresh nonce go through: the node itself is fine again.
+    let n3 = f.w.nonce();
+    let ev3 = evidence(&f.node, WORKLOAD, &n3, &d.jkt, f.w.now(), facts());
+    assert!(attested(&f, &d, &n3, &ev3).result.is_ok());
+}
+
+#[test]
 fn a_remembered_node_chain_is_still_asked_about_revocation() {
     // 1. An exchange with n1's evidence: its chain is now remembered as verified.
     let f = fixture(false);

@@ -440,6 +440,63 @@ fn delegation_nests_act_and_honours_may_act() {
 }
 
 #[test]
+fn a_revoked_actor_or_subject_is_refused_and_says_which() {
+    use token_exchange::revocation::Target;
+    let w = World::new();
+    let deployer = "spiffe://cluster-a.example/ns/ci/sa/deployer";
+    let actor = w.svid("/ns/ci/sa/deployer", 600);
+    let subject = w.svid_with("/ns/payments/sa/api", json!({"may_act": {"sub": deployer}}));
+    let form = [
+        ("grant_type", TE),
+        ("subject_token", subject.as_str()),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", PAYMENTS),
+        ("actor_token", actor.as_str()),
+        ("actor_token_type", JWT_TYPE),
+    ];
+    assert!(w.exchange(&form, &[], &[]).result.is_ok());
+
+    // The actor's subject revoked after its token was issued: the actor is refused, the
+    // subject alone still exchanges.
+    let now = UnixTime::from_secs(w.now());
+    let revoke = |t: Target| {
+        block_on(w.exchanger.revocations().revoke(
+            &t.storage_key(),
+            now,
+            UnixTime::from_secs(w.now() + 3600),
+        ))
+        .unwrap()
+    };
+    revoke(Target::Subject(deployer.into()));
+    let out = w.exchange(&form, &[], &[]);
+    assert_eq!(World::code(&out), "invalid_request");
+    assert!(out.audit.jti_out.is_none());
+    assert_eq!(
+        error(out),
+        ExchangeError::Revoked {
+            which: "actor",
+            by: "subject"
+        }
+    );
+    assert!(
+        w.exchange(&form[..4], &[], &[]).result.is_ok(),
+        "only the actor was revoked"
+    );
+
+    // The subject revoked too: the subject is named first.
+    revoke(Target::Subject(
+        "spiffe://cluster-a.example/ns/payments/sa/api".into(),
+    ));
+    assert_eq!(
+        error(w.exchange(&form, &[], &[])),
+        ExchangeError::Revoked {
+            which: "subject",
+            by: "subject"
+        }
+    );
+}
+
+#[test]
 fn malformed_forms() {
     let w = World::new();
     let svid = w.svid("/ns/payments/sa/api", 600);
