@@ -22,7 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisFuture, Script, Value};
 use token_exchange::keys::KeyRecord;
 use token_exchange::state::{BoxFuture, NonceStore, ReplayStore, RevocationStore, StateError};
 use trust_bundles::UnixTime;
@@ -277,6 +277,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `TCP_NODELAY` (redis-rs leaves Nagle's algorithm on): commands from many requests share
+/// one connection, and with Nagle a batch written while an earlier one is unanswered
+/// would wait for that answer's ACK. No throughput change measured on loopback, where the
+/// ACK is quick; it is there for a Redis across a network.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 fn redis_err(e: redis::RedisError) -> StoreError {
     StoreError::Db(format!("redis: {e}"))
 }
@@ -291,6 +299,7 @@ impl RedisState {
                 .map(|h| format!("redis://{}", h.trim()))
                 .collect();
             let client = redis::cluster::ClusterClient::builder(nodes)
+                .tcp_settings(tcp_settings())
                 .connection_timeout(OP_TIMEOUT)
                 .response_timeout(OP_TIMEOUT)
                 .retries(2)
@@ -303,7 +312,11 @@ impl RedisState {
                     .map_err(redis_err)?,
             )
         } else {
-            let client = redis::Client::open(url).map_err(redis_err)?;
+            let info = url
+                .into_connection_info()
+                .map_err(redis_err)?
+                .set_tcp_settings(tcp_settings());
+            let client = redis::Client::open(info).map_err(redis_err)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(OP_TIMEOUT))
                 .set_response_timeout(Some(OP_TIMEOUT))
