@@ -305,7 +305,7 @@ async fn token(
             &watch,
         );
     }
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let form: Vec<_> = form_urlencoded::parse(&body).collect();
     let (Ok(dpop), Ok(evidence)) = (
         header_values(req.headers(), "DPoP"),
         header_values(req.headers(), "Runtime-Attestation"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use trust_bundles::jwk::JwkError;
 use trust_bundles::jws::{JwsError, UnverifiedJws};
-use trust_bundles::{Jwk, UnixTime};
+use trust_bundles::{Jwk, UnixTime, VerifyingKeys};
 
 use crate::types::Jkt;
 
@@ -65,6 +65,18 @@ pub struct ProofTarget<'a> {
 /// RFC 9449 §4.3 checks 2-11 (one header, check 1, is the caller's; nonce and `jti`
 /// uniqueness, checks 10 and 12, use the returned values).
 pub fn verify_proof(proof: &str, target: &ProofTarget<'_>) -> Result<VerifiedProof, DpopError> {
+    verify_proof_with(proof, target, &VerifyingKeys::new())
+}
+
+/// [`verify_proof`], with verifiers for keys seen before taken from `keys`: a workload
+/// keeps its DPoP key for its lifetime, so the broker sees the same few keys again and
+/// again. Give it a cache of its own, so that proofs with fresh keys (anyone can make
+/// them) never push an issuer's key out of another.
+pub fn verify_proof_with(
+    proof: &str,
+    target: &ProofTarget<'_>,
+    keys: &VerifyingKeys,
+) -> Result<VerifiedProof, DpopError> {
     // 2, 5: a compact JWS with an asymmetric `alg` (none/HMAC refused at parse).
     let jws = UnverifiedJws::parse(proof, MAX_PROOF_BYTES)?;
     // 4.
@@ -84,7 +96,8 @@ pub fn verify_proof(proof: &str, target: &ProofTarget<'_>) -> Result<VerifiedPro
     let jwk_value = jws.header().get("jwk").ok_or(DpopError::MissingJwk)?;
     let jwk = Jwk::from_json(jwk_value).map_err(DpopError::BadJwk)?;
     // 6.
-    let claims = jws.verify(&jwk)?;
+    let verifier = keys.get(&jwk, jws.alg()).map_err(JwsError::Signature)?;
+    let claims = jws.verify_with(&verifier)?;
 
     // 3.
     let jti = match claims.get("jti") {

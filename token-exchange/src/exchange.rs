@@ -6,12 +6,13 @@
 //! single-use markers are consumed only once everything else has passed, so a refused
 //! request burns nothing.
 
+use std::borrow::Cow;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join;
 use serde_json::{Map, Value};
-use trust_bundles::{Clock, UnixTime};
+use trust_bundles::{Clock, UnixTime, VerifyingKeys};
 
 use crate::attestation::{CheckedEvidence, EvidenceContext, EvidenceVerifier};
 use crate::audit::{AuditRecord, Decision};
@@ -34,8 +35,8 @@ pub const NONCE_TTL: Duration = Duration::from_secs(60);
 /// An HTTP request to the token endpoint, as far as the exchange cares.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
-    /// Decoded form pairs of the body.
-    pub form: &'a [(String, String)],
+    /// Decoded form pairs of the body: borrowed from it where nothing was escaped.
+    pub form: &'a [(Cow<'a, str>, Cow<'a, str>)],
     /// Every `DPoP` header value.
     pub dpop: &'a [&'a str],
     /// Every `Runtime-Attestation` header value.
@@ -153,6 +154,8 @@ pub struct Exchanger {
     ring: Arc<RwLock<KeyRing>>,
     stores: Stores,
     evidence: Arc<dyn EvidenceVerifier>,
+    /// Verifiers for the DPoP keys seen lately (see [`dpop::verify_proof_with`]).
+    dpop_keys: VerifyingKeys,
     clock: Arc<dyn Clock>,
 }
 
@@ -182,6 +185,7 @@ impl Exchanger {
             ring,
             stores,
             evidence,
+            dpop_keys: VerifyingKeys::new(),
             clock,
         }
     }
@@ -350,7 +354,7 @@ impl Exchanger {
         // DPoP: required when evidence is required or presented, or the subject is bound.
         let proof = match inbound.dpop {
             [] => None,
-            [one] => Some(dpop::verify_proof(
+            [one] => Some(dpop::verify_proof_with(
                 one,
                 &ProofTarget {
                     method: "POST",
@@ -358,6 +362,7 @@ impl Exchanger {
                     now,
                     skew: self.settings.skew,
                 },
+                &self.dpop_keys,
             )?),
             _ => return Err(dpop::DpopError::MultipleProofs.into()),
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use trust_bundles::jws::{JwsError, UnverifiedJws};
-use trust_bundles::{JwsAlgorithm, SpiffeId, TrustDomain, UnixTime};
+use trust_bundles::{JwsAlgorithm, SpiffeId, TrustDomain, UnixTime, VerifyingKeys};
 
 use crate::request::{MAX_TOKEN_BYTES, PresentedToken};
 use crate::revocation::{MAX_LINEAGE, TokenId};
@@ -141,6 +141,8 @@ pub enum TokenError {
 pub struct Validator {
     domains: Vec<DomainPolicy>,
     keys: Arc<dyn KeySource>,
+    /// Shared by every validator over the same keys.
+    verifiers: Arc<VerifyingKeys>,
     skew: Duration,
 }
 
@@ -162,6 +164,7 @@ impl Validator {
         Self {
             domains,
             keys,
+            verifiers: Arc::new(VerifyingKeys::new()),
             skew,
         }
     }
@@ -175,6 +178,7 @@ impl Validator {
         Self {
             domains,
             keys: self.keys.clone(),
+            verifiers: self.verifiers.clone(),
             skew: self.skew,
         }
     }
@@ -223,8 +227,12 @@ impl Validator {
             .map_err(TokenError::Keys)?
             .ok_or(TokenError::UnknownKid)?;
         // 7.
+        let verifier = self
+            .verifiers
+            .get(&key, jws.alg())
+            .map_err(JwsError::Signature)?;
         let compact = jws.compact().to_owned();
-        let claims = jws.verify(&key)?;
+        let claims = jws.verify_with(&verifier)?;
         // 8.
         self.check_claims(domain, claims, &compact, now)
     }

@@ -4,8 +4,10 @@
 //! Only public keys exist here. A JWK that carries private members is refused outright:
 //! publishing a private key is an incident, not a format variation.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
@@ -344,6 +346,70 @@ impl VerifyingKey {
     }
 }
 
+/// Verifiers already built, by the JWK and `alg` they were built for. An issuer's keys
+/// verify token after token, and building a verifier from a JWK (decoding the point or
+/// the modulus, checking it) is paid again each time otherwise. Keyed by the whole JWK,
+/// key material included, so a key replaced under the same `kid` never finds the old
+/// verifier. Bounded: past [`VerifyingKeys::MAX`] keys it starts over.
+#[derive(Default)]
+pub struct VerifyingKeys {
+    built: Mutex<HashMap<Jwk, PerAlg>>,
+}
+
+/// A key's verifiers, one per `alg` it was asked for (one, nearly always).
+type PerAlg = Vec<(JwsAlgorithm, Arc<VerifyingKey>)>;
+
+impl fmt::Debug for VerifyingKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKeys")
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+impl VerifyingKeys {
+    /// Most keys remembered.
+    pub const MAX: usize = 256;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`Jwk::verifying_key`], built once per key and `alg`. Refusals are not remembered.
+    pub fn get(&self, jwk: &Jwk, alg: JwsAlgorithm) -> Result<Arc<VerifyingKey>, VerifyError> {
+        let lock = || self.built.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = lock()
+            .get(jwk)
+            .and_then(|per_alg| per_alg.iter().find(|(a, _)| *a == alg))
+        {
+            return Ok(found.1.clone());
+        }
+        // Built outside the lock: a miss never holds up other lookups.
+        let key = Arc::new(jwk.verifying_key(alg)?);
+        let mut built = lock();
+        if built.len() >= Self::MAX && !built.contains_key(jwk) {
+            built.clear();
+        }
+        let per_alg = built.entry(jwk.clone()).or_default();
+        if !per_alg.iter().any(|(a, _)| *a == alg) {
+            per_alg.push((alg, key.clone()));
+        }
+        Ok(key)
+    }
+
+    /// How many keys are remembered.
+    pub fn len(&self) -> usize {
+        self.built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Jwk {
     /// Parses a public JWK from a JSON object. Members other than those of the key type,
     /// `kid` and `alg` (such as `use`, `key_ops`, `x5c`) are left to the caller.
@@ -623,6 +689,68 @@ mod tests {
         );
         assert_eq!(jwk.key.rsa_bits(), Some(2048));
         assert_eq!(jwk.kid.as_ref().map(Kid::as_str), Some("2011-04-29"));
+    }
+
+    fn es256_jwk(key: &aws_lc_rs::signature::EcdsaKeyPair, kid: &str) -> Jwk {
+        use aws_lc_rs::signature::KeyPair;
+        let p = key.public_key().as_ref();
+        Jwk::from_json(&json!({
+            "kty": "EC", "crv": "P-256", "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn remembered_verifiers_follow_the_key_not_the_kid() {
+        use aws_lc_rs::signature::EcdsaKeyPair;
+        let new_key =
+            || EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let (a, b) = (new_key(), new_key());
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig_a = a.sign(&rng, b"m").unwrap();
+        let sig_b = b.sign(&rng, b"m").unwrap();
+        let (jwk_a, jwk_b) = (es256_jwk(&a, "k1"), es256_jwk(&b, "k1"));
+        let keys = VerifyingKeys::new();
+
+        let va = keys.get(&jwk_a, JwsAlgorithm::ES256).unwrap();
+        assert!(va.verify(b"m", sig_a.as_ref()).is_ok());
+        assert!(Arc::ptr_eq(
+            &va,
+            &keys.get(&jwk_a, JwsAlgorithm::ES256).unwrap()
+        ));
+
+        // The same `kid`, another key: its own verifier, never the remembered one.
+        let vb = keys.get(&jwk_b, JwsAlgorithm::ES256).unwrap();
+        assert_eq!(
+            vb.verify(b"m", sig_a.as_ref()),
+            Err(VerifyError::BadSignature)
+        );
+        assert!(vb.verify(b"m", sig_b.as_ref()).is_ok());
+        assert_eq!(keys.len(), 2);
+
+        // An `alg` that does not fit is refused every time, and nothing is remembered.
+        for _ in 0..2 {
+            assert!(matches!(
+                keys.get(&jwk_a, JwsAlgorithm::RS256),
+                Err(VerifyError::AlgMismatch { .. })
+            ));
+        }
+        assert_eq!(keys.len(), 2);
+    }
+
+    #[test]
+    fn remembered_verifiers_are_bounded() {
+        use aws_lc_rs::signature::EcdsaKeyPair;
+        let keys = VerifyingKeys::new();
+        for i in 0..=VerifyingKeys::MAX {
+            let k = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+            keys.get(&es256_jwk(&k, &format!("k{i}")), JwsAlgorithm::ES256)
+                .unwrap();
+            assert!(keys.len() <= VerifyingKeys::MAX);
+        }
+        assert_eq!(keys.len(), 1, "started over at the bound");
     }
 
     #[test]

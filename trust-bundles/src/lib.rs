@@ -23,6 +23,6 @@ pub mod x509;
 
 pub use bundle::{BundleError, SpiffeBundle, TrustBundles};
 pub use clock::{Clock, ManualClock, Stopwatch, SystemClock, UnixTime};
-pub use jwk::{Jwk, JwsAlgorithm, Kid, PublicKey, VerifyingKey};
+pub use jwk::{Jwk, JwsAlgorithm, Kid, PublicKey, VerifyingKey, VerifyingKeys};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use x509::{SvidError, SvidUsage, verify_x509_svid};

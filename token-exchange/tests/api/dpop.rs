@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use token_exchange::ExchangeError;
-use token_exchange::dpop::{DpopError, ProofTarget, verify_proof};
+use token_exchange::dpop::{DpopError, ProofTarget, verify_proof, verify_proof_with};
 use trust_bundles::UnixTime;
 
 use crate::support::*;
@@ -24,6 +24,29 @@ fn a_good_proof_yields_the_key_thumbprint() {
     let p = verify_proof(&d.proof(T0, Some("n")), &target(T0)).unwrap();
     assert_eq!(p.jkt.as_str(), d.jkt);
     assert_eq!(p.nonce.as_deref(), Some("n"));
+}
+
+#[test]
+fn remembered_keys_never_verify_a_proof_for_another_key() {
+    let keys = trust_bundles::VerifyingKeys::new();
+    let (a, b) = (Dpop::new(), Dpop::new());
+    for d in [&a, &b, &a] {
+        let p = verify_proof_with(&d.proof(T0, Some("n")), &target(T0), &keys).unwrap();
+        assert_eq!(p.jkt.as_str(), d.jkt);
+    }
+    assert_eq!(keys.len(), 2);
+    // B's key in the header, signed with A's: refused though both verifiers are
+    // remembered (a cache that handed out A's verifier here would accept it).
+    let forged = a.proof_with(
+        json!({"typ": "dpop+jwt", "jwk": b.jwk_value()}),
+        T0,
+        Some("n"),
+        json!({}),
+    );
+    assert!(matches!(
+        verify_proof_with(&forged, &target(T0), &keys),
+        Err(DpopError::Jws(_))
+    ));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A small world for exchange tests: a foreign SPIFFE domain, an OIDC issuer, a broker
 //! with its key ring, and a workload's DPoP key. Every key is made at test time.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -413,9 +414,9 @@ impl World {
     }
 
     pub fn exchange(&self, form: &[(&str, &str)], dpop: &[&str], evidence: &[&str]) -> Outcome {
-        let form: Vec<(String, String)> = form
+        let form: Vec<_> = form
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
             .collect();
         block_on(self.exchanger.exchange(Inbound {
             form: &form,
