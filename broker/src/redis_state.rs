@@ -266,13 +266,14 @@ impl std::fmt::Debug for RedisState {
     }
 }
 
-/// A URL without its password, for logs.
+/// A URL without its password, for logs. Everything up to the *last* `@` goes: a URL
+/// parser ends the user info there, so a password with a raw `@` in it still connects,
+/// and a cluster URL may carry credentials for every host. Hosts before the last `@` are
+/// lost from the log line; a password never reaches it.
 pub fn redact_url(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_auth, rest)) => {
-            let scheme = scheme_auth.split("://").next().unwrap_or("redis");
-            format!("{scheme}://[redacted]@{rest}")
-        }
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://[redacted]@{host}"),
         None => url.to_owned(),
     }
 }
@@ -896,5 +897,14 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+        // A raw `@` in the password: the parser ends the user info at the last one.
+        assert_eq!(
+            redact_url("rediss://:p@ss@h:6379"),
+            "rediss://[redacted]@h:6379"
+        );
+        // Credentials on every host of a cluster URL.
+        let cluster = redact_url("redis+cluster://:s3cret@h1:7000,:s3cret@h2:7001");
+        assert!(!cluster.contains("s3cret"), "{cluster}");
+        assert_eq!(cluster, "redis+cluster://[redacted]@h2:7001");
     }
 }

@@ -96,8 +96,7 @@ pub fn verify_proof_with(
     let jwk_value = jws.header().get("jwk").ok_or(DpopError::MissingJwk)?;
     let jwk = Jwk::from_json(jwk_value).map_err(DpopError::BadJwk)?;
     // 6.
-    let verifier = keys.get(&jwk, jws.alg()).map_err(JwsError::Signature)?;
-    let claims = jws.verify_with(&verifier)?;
+    let claims = jws.verify_remembering(&jwk, keys)?;
 
     // 3.
     let jti = match claims.get("jti") {

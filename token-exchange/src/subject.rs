@@ -227,12 +227,8 @@ impl Validator {
             .map_err(TokenError::Keys)?
             .ok_or(TokenError::UnknownKid)?;
         // 7.
-        let verifier = self
-            .verifiers
-            .get(&key, jws.alg())
-            .map_err(JwsError::Signature)?;
         let compact = jws.compact().to_owned();
-        let claims = jws.verify_with(&verifier)?;
+        let claims = jws.verify_remembering(&key, &self.verifiers)?;
         // 8.
         self.check_claims(domain, claims, &compact, now)
     }

@@ -346,11 +346,14 @@ impl VerifyingKey {
     }
 }
 
-/// Verifiers already built, by the JWK and `alg` they were built for. An issuer's keys
-/// verify token after token, and building a verifier from a JWK (decoding the point or
-/// the modulus, checking it) is paid again each time otherwise. Keyed by the whole JWK,
-/// key material included, so a key replaced under the same `kid` never finds the old
-/// verifier. Bounded: past [`VerifyingKeys::MAX`] keys it starts over.
+/// Verifiers already built, by the JWK and `alg` they were built for (see
+/// [`crate::jws::UnverifiedJws::verify_remembering`]). An issuer's keys verify token after
+/// token, and building a verifier from a JWK (decoding the point or the modulus, checking
+/// it) is paid again each time otherwise. Keyed by the whole JWK — key material, `kid`
+/// and any pinned `alg` — so a key replaced under the same `kid` never finds the old
+/// verifier, and a verifier is only ever returned for the exact `alg` it was built for.
+/// Narrowing that key would open algorithm confusion. Bounded: past
+/// [`VerifyingKeys::MAX`] keys it starts over.
 #[derive(Default)]
 pub struct VerifyingKeys {
     built: Mutex<HashMap<Jwk, PerAlg>>,
@@ -375,26 +378,28 @@ impl VerifyingKeys {
         Self::default()
     }
 
-    /// [`Jwk::verifying_key`], built once per key and `alg`. Refusals are not remembered.
-    pub fn get(&self, jwk: &Jwk, alg: JwsAlgorithm) -> Result<Arc<VerifyingKey>, VerifyError> {
-        let lock = || self.built.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = lock()
+    /// The verifier remembered for `jwk` and `alg`, if any.
+    pub fn find(&self, jwk: &Jwk, alg: JwsAlgorithm) -> Option<Arc<VerifyingKey>> {
+        self.built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .get(jwk)
             .and_then(|per_alg| per_alg.iter().find(|(a, _)| *a == alg))
-        {
-            return Ok(found.1.clone());
-        }
-        // Built outside the lock: a miss never holds up other lookups.
-        let key = Arc::new(jwk.verifying_key(alg)?);
-        let mut built = lock();
+            .map(|(_, key)| key.clone())
+    }
+
+    /// Remembers `key`, built by `jwk.verifying_key(alg)`. Callers remember a verifier
+    /// only once it has verified a signature: forged tokens naming many keys cannot
+    /// churn what is remembered.
+    pub fn remember(&self, jwk: &Jwk, alg: JwsAlgorithm, key: Arc<VerifyingKey>) {
+        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
         if built.len() >= Self::MAX && !built.contains_key(jwk) {
             built.clear();
         }
         let per_alg = built.entry(jwk.clone()).or_default();
         if !per_alg.iter().any(|(a, _)| *a == alg) {
-            per_alg.push((alg, key.clone()));
+            per_alg.push((alg, key));
         }
-        Ok(key)
     }
 
     /// How many keys are remembered.
@@ -702,6 +707,15 @@ mod tests {
         .unwrap()
     }
 
+    /// What `UnverifiedJws::verify_remembering` does, without a JWS.
+    fn verifier(keys: &VerifyingKeys, jwk: &Jwk, alg: JwsAlgorithm) -> Arc<VerifyingKey> {
+        keys.find(jwk, alg).unwrap_or_else(|| {
+            let built = Arc::new(jwk.verifying_key(alg).unwrap());
+            keys.remember(jwk, alg, built.clone());
+            built
+        })
+    }
+
     #[test]
     fn remembered_verifiers_follow_the_key_not_the_kid() {
         use aws_lc_rs::signature::EcdsaKeyPair;
@@ -714,15 +728,14 @@ mod tests {
         let (jwk_a, jwk_b) = (es256_jwk(&a, "k1"), es256_jwk(&b, "k1"));
         let keys = VerifyingKeys::new();
 
-        let va = keys.get(&jwk_a, JwsAlgorithm::ES256).unwrap();
+        let va = verifier(&keys, &jwk_a, JwsAlgorithm::ES256);
         assert!(va.verify(b"m", sig_a.as_ref()).is_ok());
-        assert!(Arc::ptr_eq(
-            &va,
-            &keys.get(&jwk_a, JwsAlgorithm::ES256).unwrap()
-        ));
+        let again = keys.find(&jwk_a, JwsAlgorithm::ES256).unwrap();
+        assert!(Arc::ptr_eq(&va, &again));
 
         // The same `kid`, another key: its own verifier, never the remembered one.
-        let vb = keys.get(&jwk_b, JwsAlgorithm::ES256).unwrap();
+        assert!(keys.find(&jwk_b, JwsAlgorithm::ES256).is_none());
+        let vb = verifier(&keys, &jwk_b, JwsAlgorithm::ES256);
         assert_eq!(
             vb.verify(b"m", sig_a.as_ref()),
             Err(VerifyError::BadSignature)
@@ -730,14 +743,43 @@ mod tests {
         assert!(vb.verify(b"m", sig_b.as_ref()).is_ok());
         assert_eq!(keys.len(), 2);
 
-        // An `alg` that does not fit is refused every time, and nothing is remembered.
-        for _ in 0..2 {
-            assert!(matches!(
-                keys.get(&jwk_a, JwsAlgorithm::RS256),
-                Err(VerifyError::AlgMismatch { .. })
-            ));
-        }
-        assert_eq!(keys.len(), 2);
+        // The same key with `alg` pinned is another entry.
+        let mut pinned = jwk_a.clone();
+        pinned.alg = Some(JwsAlgorithm::ES256);
+        assert!(keys.find(&pinned, JwsAlgorithm::ES256).is_none());
+    }
+
+    #[test]
+    fn an_rsa_key_has_one_verifier_per_alg() {
+        use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
+        let kp = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        // RSAPublicKey ::= SEQUENCE { INTEGER n, INTEGER e }, 2-byte lengths at 2048 bits.
+        let der = kp.public_key().as_ref();
+        let n_len = (usize::from(der[6]) << 8) | usize::from(der[7]);
+        let n = &der[8..8 + n_len];
+        let e = &der[8 + n_len + 2..8 + n_len + 2 + usize::from(der[8 + n_len + 1])];
+        let jwk = Jwk::from_json(&json!({
+            "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode(&n[n.iter().position(|&b| b != 0).unwrap()..]),
+            "e": URL_SAFE_NO_PAD.encode(e),
+        }))
+        .unwrap();
+        let mut sig = vec![0; kp.public_modulus_len()];
+        kp.sign(
+            &RSA_PKCS1_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            b"m",
+            &mut sig,
+        )
+        .unwrap();
+        let keys = VerifyingKeys::new();
+        let rs = verifier(&keys, &jwk, JwsAlgorithm::RS256);
+        let ps = verifier(&keys, &jwk, JwsAlgorithm::PS256);
+        assert!(rs.verify(b"m", &sig).is_ok());
+        // A PKCS#1 v1.5 signature never verifies under the PS256 verifier of that key.
+        assert_eq!(ps.verify(b"m", &sig), Err(VerifyError::BadSignature));
+        assert_eq!(ps.algorithm(), JwsAlgorithm::PS256);
+        assert_eq!(keys.len(), 1);
     }
 
     #[test]
@@ -746,8 +788,7 @@ mod tests {
         let keys = VerifyingKeys::new();
         for i in 0..=VerifyingKeys::MAX {
             let k = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
-            keys.get(&es256_jwk(&k, &format!("k{i}")), JwsAlgorithm::ES256)
-                .unwrap();
+            verifier(&keys, &es256_jwk(&k, &format!("k{i}")), JwsAlgorithm::ES256);
             assert!(keys.len() <= VerifyingKeys::MAX);
         }
         assert_eq!(keys.len(), 1, "started over at the bound");

@@ -7,12 +7,15 @@
 //! Which key-carrying headers (`jwk`, `x5c`, `jku`, `x5u`) are acceptable depends on the
 //! kind of token and is left to the caller; nothing here ever fetches anything.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 use crate::json::{StrictJsonError, parse_strict};
-use crate::jwk::{AlgError, Jwk, JwsAlgorithm, VerifyError, VerifyingKey};
+
+use crate::jwk::{AlgError, Jwk, JwsAlgorithm, VerifyError, VerifyingKey, VerifyingKeys};
 
 /// Why a compact JWS is refused before or during verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +130,23 @@ impl UnverifiedJws {
         self.verify_with(&key)
     }
 
+    /// [`Self::verify`], with the verifier for `jwk` taken from `keys` when one was built
+    /// before, and remembered there once it has verified this signature.
+    pub fn verify_remembering(
+        self,
+        jwk: &Jwk,
+        keys: &VerifyingKeys,
+    ) -> Result<Map<String, Value>, JwsError> {
+        let alg = self.alg;
+        if let Some(known) = keys.find(jwk, alg) {
+            return self.verify_with(&known);
+        }
+        let built = Arc::new(jwk.verifying_key(alg).map_err(JwsError::Signature)?);
+        let payload = self.verify_with(&built)?;
+        keys.remember(jwk, alg, built);
+        Ok(payload)
+    }
+
     /// Verifies with a prepared key, which must be for the header's `alg`.
     pub fn verify_with(self, key: &VerifyingKey) -> Result<Map<String, Value>, JwsError> {
         if key.algorithm() != self.alg {
@@ -159,4 +179,58 @@ pub fn signing_input(header: &Value, payload: &Value) -> String {
 /// Appends a signature to a signing input, giving the compact serialization.
 pub fn compact(signing_input: &str, signature: &[u8]) -> String {
     format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair};
+    use serde_json::json;
+
+    use super::*;
+
+    fn new_key() -> EcdsaKeyPair {
+        EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap()
+    }
+
+    fn jwk_of(key: &EcdsaKeyPair) -> Jwk {
+        let p = key.public_key().as_ref();
+        Jwk::from_json(&json!({
+            "kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
+        }))
+        .unwrap()
+    }
+
+    fn signed_by(key: &EcdsaKeyPair) -> UnverifiedJws {
+        let input = signing_input(&json!({"alg": "ES256", "kid": "k1"}), &json!({"sub": "s"}));
+        let sig = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        UnverifiedJws::parse(&compact(&input, sig.as_ref()), 4096).unwrap()
+    }
+
+    #[test]
+    fn only_a_verifier_that_verified_a_signature_is_remembered() {
+        let (issuer, forger) = (new_key(), new_key());
+        let jwk = jwk_of(&issuer);
+        let keys = VerifyingKeys::new();
+
+        // A forgery naming the issuer's key: refused, and nothing remembered.
+        assert!(matches!(
+            signed_by(&forger).verify_remembering(&jwk, &keys),
+            Err(JwsError::Signature(VerifyError::BadSignature))
+        ));
+        assert!(keys.is_empty());
+
+        assert_eq!(
+            signed_by(&issuer).verify_remembering(&jwk, &keys).unwrap()["sub"],
+            "s"
+        );
+        assert_eq!(keys.len(), 1);
+
+        // The remembered verifier refuses the forgery just the same.
+        assert!(signed_by(&forger).verify_remembering(&jwk, &keys).is_err());
+        assert!(signed_by(&issuer).verify_remembering(&jwk, &keys).is_ok());
+        assert_eq!(keys.len(), 1);
+    }
 }
