@@ -2,7 +2,9 @@
 //! one writer) under the state directory. Today it holds the signing keys and the bundle
 //! sequence; admin objects, nodes and revocations join it as they land.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use token_exchange::keys::KeyRecord;
@@ -46,6 +48,11 @@ pub struct DurableStore {
     db: Database,
     path: PathBuf,
     single_use_writes: std::sync::atomic::AtomicU64,
+    /// The revocations table, in memory: every exchange asks it, and a read transaction
+    /// per exchange cost more than the lookups. Exact, because this process is the only
+    /// writer (the database is locked to it): loaded at open, and changed under its lock
+    /// in the same call that commits the change.
+    revocations: RwLock<HashMap<String, (u64, u64)>>,
 }
 
 impl DurableStore {
@@ -78,6 +85,7 @@ impl DurableStore {
             db,
             path,
             single_use_writes: std::sync::atomic::AtomicU64::new(0),
+            revocations: RwLock::new(HashMap::new()),
         };
         // Create the tables so readers never see "table does not exist".
         let tx = store.db.begin_write().map_err(db_err)?;
@@ -88,6 +96,17 @@ impl DurableStore {
         tx.open_table(SINGLE_USE).map_err(db_err)?;
         tx.open_table(REVOCATIONS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
+        let loaded = {
+            let tx = store.db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(REVOCATIONS).map_err(db_err)?;
+            let mut loaded = HashMap::new();
+            for entry in t.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                loaded.insert(k.value().to_owned(), v.value());
+            }
+            loaded
+        };
+        *store.revocations_mut() = loaded;
         Ok(store)
     }
 
@@ -377,30 +396,46 @@ impl DurableStore {
     /// Records a revocation durably; revoking again keeps the later times. Lapsed entries
     /// are swept in the same transaction.
     pub fn revoke(&self, key: &str, at: u64, keep_until: u64) -> Result<(), StoreError> {
+        // Held across the commit: once this returns, every lookup sees the revocation.
+        let mut mirror = self.revocations_mut();
         let tx = self.db.begin_write().map_err(db_err)?;
-        {
+        let entry = {
             let mut t = tx.open_table(REVOCATIONS).map_err(db_err)?;
             let (old_at, old_keep) = t.get(key).map_err(db_err)?.map_or((0, 0), |v| v.value());
-            t.insert(key, (old_at.max(at), old_keep.max(keep_until)))
-                .map_err(db_err)?;
+            let entry = (old_at.max(at), old_keep.max(keep_until));
+            t.insert(key, entry).map_err(db_err)?;
             t.retain(|_, (_, keep)| keep > at).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+            entry
+        };
+        tx.commit().map_err(db_err)?;
+        mirror.insert(key.to_owned(), entry);
+        mirror.retain(|_, (_, keep)| *keep > at);
+        Ok(())
     }
 
     /// When each key was revoked, if it was and the entry is still kept at `now`.
     pub fn revoked_at(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(REVOCATIONS).map_err(db_err)?;
-        keys.iter()
+        let mirror = self
+            .revocations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(keys
+            .iter()
             .map(|k| {
-                Ok(t.get(k.as_str())
-                    .map_err(db_err)?
-                    .map(|v| v.value())
+                mirror
+                    .get(k.as_str())
                     .filter(|(_, keep)| *keep > now)
-                    .map(|(at, _)| at))
+                    .map(|(at, _)| *at)
             })
-            .collect()
+            .collect())
+    }
+
+    /// The mirror, for writing. It is changed only after a commit, by steps that do not
+    /// panic, so a poisoned lock still holds what the database holds.
+    fn revocations_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, (u64, u64)>> {
+        self.revocations
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The admin-object generation: it moves on every change.

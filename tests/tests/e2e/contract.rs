@@ -505,3 +505,44 @@ fn a_thread_closes_its_own_connection_of_a_redis_state_that_is_gone() {
         );
     })
 }
+
+#[test]
+fn embedded_revocations_survive_a_restart_and_lapse_on_schedule() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || async {
+            Backend::open(&StateConfig::Embedded {
+                path: dir.path().to_path_buf(),
+            })
+            .await
+            .unwrap()
+        };
+        let n = t0();
+        let keys = vec!["tok:a".to_owned(), "sub:b".to_owned()];
+        {
+            let b = open().await;
+            let r = b.revocations();
+            r.revoke("tok:a", t(n), t(n + 600)).await.unwrap();
+            r.revoke("sub:b", t(n), t(n + 60)).await.unwrap();
+        }
+        // Reopened (the database is locked to one process at a time): both answer.
+        let b = open().await;
+        let r = b.revocations();
+        assert_eq!(
+            r.revoked_at(&keys, t(n + 10)).await.unwrap(),
+            vec![Some(t(n)), Some(t(n))]
+        );
+        // A revocation written past `sub:b`'s keep time sweeps it, here and on disk.
+        r.revoke("tok:c", t(n + 100), t(n + 700)).await.unwrap();
+        assert_eq!(
+            r.revoked_at(&keys, t(n + 10)).await.unwrap(),
+            vec![Some(t(n)), None]
+        );
+        drop((r, b));
+        let r = open().await.revocations();
+        assert_eq!(
+            r.revoked_at(&keys, t(n + 10)).await.unwrap(),
+            vec![Some(t(n)), None]
+        );
+    })
+}
