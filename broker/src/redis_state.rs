@@ -180,9 +180,14 @@ struct PerThread {
 /// One thread's connection for one state.
 struct ThreadConn {
     owner: Weak<()>,
-    /// `None` while it is being opened.
+    /// `None` while it is being opened, or until `retry_at` after it failed to open.
     conn: Option<ConnectionManager>,
+    retry_at: Option<tokio::time::Instant>,
 }
+
+/// How long a thread whose own connection failed to open keeps to the shared one before
+/// trying again: with Redis down, not an attempt (and a warning) per command.
+const THREAD_CONN_RETRY: Duration = Duration::from_secs(5);
 
 thread_local! {
     /// This thread's connections, by [`PerThread::id`].
@@ -193,6 +198,18 @@ thread_local! {
 #[doc(hidden)]
 pub fn thread_connections() -> usize {
     THREAD_CONNS.try_with(|c| c.borrow().len()).unwrap_or(0)
+}
+
+thread_local! {
+    static THREAD_CONN_OPENS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread has started opening a connection of its own.
+#[doc(hidden)]
+pub fn thread_connection_opens() -> u64 {
+    THREAD_CONN_OPENS
+        .try_with(std::cell::Cell::get)
+        .unwrap_or(0)
 }
 
 static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(0);
@@ -209,19 +226,31 @@ impl PerThread {
         THREAD_CONNS
             .try_with(|conns| {
                 let mut conns = conns.borrow_mut();
-                if let Some(found) = conns.get(&self.id) {
-                    return found.conn.clone();
-                }
-                // Rare (once per thread and state, or after a failure): close what states
-                // that are gone left on this thread.
-                conns.retain(|_, c| c.owner.strong_count() > 0);
-                conns.insert(
-                    self.id,
-                    ThreadConn {
-                        owner: Arc::downgrade(&self.alive),
-                        conn: None,
+                match conns.get_mut(&self.id) {
+                    Some(ThreadConn {
+                        conn: Some(conn), ..
+                    }) => return Some(conn.clone()),
+                    Some(found) => match found.retry_at {
+                        // Failed before: try again once the wait is over.
+                        Some(at) if tokio::time::Instant::now() >= at => found.retry_at = None,
+                        // Being opened, or waiting to try again.
+                        _ => return None,
                     },
-                );
+                    None => {
+                        // Rare (once per thread and state): close what states that are
+                        // gone left on this thread.
+                        conns.retain(|_, c| c.owner.strong_count() > 0);
+                        conns.insert(
+                            self.id,
+                            ThreadConn {
+                                owner: Arc::downgrade(&self.alive),
+                                conn: None,
+                                retry_at: None,
+                            },
+                        );
+                    }
+                }
+                let _ = THREAD_CONN_OPENS.try_with(|n| n.set(n.get() + 1));
                 let (id, client, config) = (self.id, self.client.clone(), self.config.clone());
                 let url = self.redacted_url.clone();
                 handle.spawn(async move {
@@ -232,21 +261,22 @@ impl PerThread {
                     .await;
                     let _ = THREAD_CONNS.try_with(|conns| {
                         let mut conns = conns.borrow_mut();
+                        // Gone: its state was dropped and pruned meanwhile.
+                        let Some(entry) = conns.get_mut(&id) else {
+                            return;
+                        };
                         match opened {
-                            Ok(Ok(conn)) => {
-                                if let Some(entry) = conns.get_mut(&id) {
-                                    entry.conn = Some(conn);
-                                }
-                            }
-                            // The shared connection answers meanwhile; tried again on a
-                            // later command.
+                            Ok(Ok(conn)) => entry.conn = Some(conn),
+                            // The shared connection answers meanwhile.
                             Ok(Err(e)) => {
-                                tracing::warn!(redis = %url, error = %e, "this thread's own Redis connection did not open; using the shared one");
-                                conns.remove(&id);
+                                tracing::warn!(redis = %url, error = %e, retry_in = ?THREAD_CONN_RETRY, "this thread's own Redis connection did not open; using the shared one");
+                                entry.retry_at =
+                                    Some(tokio::time::Instant::now() + THREAD_CONN_RETRY);
                             }
                             Err(_) => {
-                                tracing::warn!(redis = %url, "this thread's own Redis connection timed out opening; using the shared one");
-                                conns.remove(&id);
+                                tracing::warn!(redis = %url, retry_in = ?THREAD_CONN_RETRY, "this thread's own Redis connection timed out opening; using the shared one");
+                                entry.retry_at =
+                                    Some(tokio::time::Instant::now() + THREAD_CONN_RETRY);
                             }
                         }
                     });

@@ -546,3 +546,31 @@ fn embedded_revocations_survive_a_restart_and_lapse_on_schedule() {
         );
     })
 }
+
+#[test]
+fn with_redis_down_a_thread_tries_its_own_connection_once_per_wait() {
+    run(async {
+        let mut server = RedisServer::start();
+        let b = Backend::open(&StateConfig::Redis {
+            url: server.url(),
+            key: StateKey([9; 32]),
+        })
+        .await
+        .unwrap();
+        // An outage before this thread opened a connection of its own.
+        server.stop();
+        let opens = broker::redis_state::thread_connection_opens();
+        let now = t(t0());
+        for _ in 0..6 {
+            // No Redis: an error (fail closed), never a "fresh" answer.
+            assert!(b.nonces().consume("n", now).await.is_err());
+            // Real time, for the real refusal of the open to come back.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            broker::redis_state::thread_connection_opens() - opens,
+            1,
+            "one attempt, then the shared connection until the wait is over"
+        );
+    })
+}
