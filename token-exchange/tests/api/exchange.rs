@@ -381,6 +381,18 @@ fn cloud_iam_jwt_output() {
     // A broker's cloud-IAM JWT is not a subject token.
 }
 
+/// A delegated exchange's form: `actor` acting for `subject`, for the payments API.
+fn delegated<'a>(subject: &'a str, actor: &'a str) -> [(&'a str, &'a str); 6] {
+    [
+        ("grant_type", TE),
+        ("subject_token", subject),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", PAYMENTS),
+        ("actor_token", actor),
+        ("actor_token_type", JWT_TYPE),
+    ]
+}
+
 #[test]
 fn delegation_nests_act_and_honours_may_act() {
     let w = World::new();
@@ -389,14 +401,7 @@ fn delegation_nests_act_and_honours_may_act() {
         "/ns/payments/sa/api",
         json!({"may_act": {"sub": "spiffe://cluster-a.example/ns/ci/sa/deployer"}}),
     );
-    let form = [
-        ("grant_type", TE),
-        ("subject_token", subject.as_str()),
-        ("subject_token_type", JWT_TYPE),
-        ("audience", PAYMENTS),
-        ("actor_token", actor.as_str()),
-        ("actor_token_type", JWT_TYPE),
-    ];
+    let form = delegated(&subject, &actor);
     let out = w.exchange(&form, &[], &[]);
     assert_eq!(
         out.audit.actor.as_deref(),
@@ -446,14 +451,7 @@ fn a_revoked_actor_or_subject_is_refused_and_says_which() {
     let deployer = "spiffe://cluster-a.example/ns/ci/sa/deployer";
     let actor = w.svid("/ns/ci/sa/deployer", 600);
     let subject = w.svid_with("/ns/payments/sa/api", json!({"may_act": {"sub": deployer}}));
-    let form = [
-        ("grant_type", TE),
-        ("subject_token", subject.as_str()),
-        ("subject_token_type", JWT_TYPE),
-        ("audience", PAYMENTS),
-        ("actor_token", actor.as_str()),
-        ("actor_token_type", JWT_TYPE),
-    ];
+    let form = delegated(&subject, &actor);
     assert!(w.exchange(&form, &[], &[]).result.is_ok());
 
     // The actor's subject revoked after its token was issued: the actor is refused, the
