@@ -43,7 +43,6 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// The embedded durable store.
-#[derive(Debug)]
 pub struct DurableStore {
     db: Database,
     path: PathBuf,
@@ -53,6 +52,15 @@ pub struct DurableStore {
     /// writer (the database is locked to it): loaded at open, and changed under its lock
     /// in the same call that commits the change.
     revocations: RwLock<HashMap<String, (u64, u64)>>,
+}
+
+impl std::fmt::Debug for DurableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the revocations: a debug line need not carry thousands of entries.
+        f.debug_struct("DurableStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DurableStore {

@@ -70,8 +70,8 @@ pub fn verify_proof(proof: &str, target: &ProofTarget<'_>) -> Result<VerifiedPro
 
 /// [`verify_proof`], with verifiers for keys seen before taken from `keys`: a workload
 /// keeps its DPoP key for its lifetime, so the broker sees the same few keys again and
-/// again. Give it a cache of its own, so that proofs with fresh keys (anyone can make
-/// them) never push an issuer's key out of another.
+/// again. Give DPoP a cache of its own: proofs with fresh keys (anyone can make them)
+/// then never push an issuer's key out of the subject validator's.
 pub fn verify_proof_with(
     proof: &str,
     target: &ProofTarget<'_>,
