@@ -164,6 +164,17 @@ impl Backend {
         }
     }
 
+    /// Whether `name` is enrolled with the certificate whose digest is `cert_sha256`.
+    pub async fn node_has_cert(&self, name: &str, cert_sha256: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Embedded { store, .. } => store.node_has_cert(name, cert_sha256),
+            Self::Redis(r) => Ok(r
+                .node(name)
+                .await?
+                .is_some_and(|r| r.certs.iter().any(|c| c.sha256 == cert_sha256))),
+        }
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         match self {
             Self::Embedded { store, .. } => store.nodes(),

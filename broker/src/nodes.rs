@@ -220,9 +220,8 @@ impl NodeStatus for StoreNodeStatus {
                 None => Ok(false),
                 Some(name) => self
                     .store
-                    .node(name)
+                    .node_has_cert(name, cert_sha256)
                     .await
-                    .map(|rec| rec.is_some_and(|r| r.certs.iter().any(|c| c.sha256 == cert_sha256)))
                     .map_err(|e| StateError(e.to_string())),
             }
         })

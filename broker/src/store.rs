@@ -52,6 +52,18 @@ pub struct DurableStore {
     /// writer (the database is locked to it): loaded at open, and changed under its lock
     /// in the same call that commits the change.
     revocations: RwLock<HashMap<String, (u64, u64)>>,
+    /// Each enrolled node's certificate digests, in memory, kept exact the same way:
+    /// every attested exchange asks whether its node is still enrolled, and a read
+    /// transaction and a JSON parse per exchange cost more than the question.
+    node_certs: RwLock<NodeCerts>,
+}
+
+/// Node name → the digests of its certificates (`None`: the stored record does not
+/// parse, and asking about it is an error, as reading it from the database was).
+type NodeCerts = HashMap<String, Option<Vec<String>>>;
+
+fn cert_digests(rec: &NodeRecord) -> Vec<String> {
+    rec.certs.iter().map(|c| c.sha256.clone()).collect()
 }
 
 impl std::fmt::Debug for DurableStore {
@@ -94,6 +106,7 @@ impl DurableStore {
             path,
             single_use_writes: std::sync::atomic::AtomicU64::new(0),
             revocations: RwLock::new(HashMap::new()),
+            node_certs: RwLock::new(HashMap::new()),
         };
         // Create the tables so readers never see "table does not exist".
         let tx = store.db.begin_write().map_err(db_err)?;
@@ -115,6 +128,18 @@ impl DurableStore {
             loaded
         };
         *store.revocations_mut() = loaded;
+        let loaded = {
+            let tx = store.db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(NODES).map_err(db_err)?;
+            let mut loaded = HashMap::new();
+            for entry in t.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let rec = serde_json::from_slice::<NodeRecord>(v.value()).ok();
+                loaded.insert(k.value().to_owned(), rec.as_ref().map(cert_digests));
+            }
+            loaded
+        };
+        *store.node_certs_mut() = loaded;
         Ok(store)
     }
 
@@ -266,6 +291,30 @@ impl DurableStore {
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
+    /// Whether `name` is enrolled with a certificate whose digest is `cert_sha256`: from
+    /// memory, exactly what the database holds.
+    pub fn node_has_cert(&self, name: &str, cert_sha256: &str) -> Result<bool, StoreError> {
+        let mirror = self
+            .node_certs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match mirror.get(name) {
+            None => Ok(false),
+            Some(Some(certs)) => Ok(certs.iter().any(|c| c == cert_sha256)),
+            Some(None) => Err(StoreError::Corrupt(format!("node record {name}"))),
+        }
+    }
+
+    /// The node mirror, for writing: taken before the commit and changed right after it,
+    /// by steps that do not panic (a poisoned lock still holds what the database holds).
+    /// Writers are one at a time already (a redb write transaction is open), so the
+    /// mirror changes in commit order.
+    fn node_certs_mut(&self) -> std::sync::RwLockWriteGuard<'_, NodeCerts> {
+        self.node_certs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(NODES).map_err(db_err)?;
@@ -312,7 +361,11 @@ impl DurableStore {
                 }
             }
         };
+        let mut mirror = self.node_certs_mut();
         tx.commit().map_err(db_err)?;
+        if outcome == Revocation::Revoked {
+            mirror.remove(name);
+        }
         Ok(outcome)
     }
 
@@ -343,18 +396,27 @@ impl DurableStore {
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let (next, out) = f(current)?;
-            match next {
+            let certs = match next {
                 Some(rec) => {
                     let bytes = serde_json::to_vec(&rec).map_err(db_err)?;
                     t.insert(name, bytes.as_slice()).map_err(db_err)?;
+                    Some(cert_digests(&rec))
                 }
                 None => {
                     t.remove(name).map_err(db_err)?;
+                    None
                 }
-            }
-            out
+            };
+            (out, certs)
         };
+        let (out, certs) = out;
+        // Taken after `f` has run (it may read the store), held across the commit.
+        let mut mirror = self.node_certs_mut();
         tx.commit().map_err(db_err)?;
+        match certs {
+            Some(certs) => mirror.insert(name.to_owned(), Some(certs)),
+            None => mirror.remove(name),
+        };
         Ok(out)
     }
 

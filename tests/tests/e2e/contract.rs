@@ -301,8 +301,16 @@ async fn a_join_token_is_taken_once_and_revoking_its_node_cancels_it(b: Backend)
     .await
     .unwrap();
     assert_eq!(b.nodes().await.unwrap().len(), 1);
+    assert!(b.node_has_cert("n1", "ab").await.unwrap());
+    assert!(!b.node_has_cert("n1", "cd").await.unwrap());
+    assert!(!b.node_has_cert("n2", "ab").await.unwrap());
     assert_eq!(b.revoke_node("n1", "7").await.unwrap(), Revocation::Stale);
+    assert!(
+        b.node_has_cert("n1", "ab").await.unwrap(),
+        "a stale revoke changes nothing"
+    );
     assert_eq!(b.revoke_node("n1", "1").await.unwrap(), Revocation::Revoked);
+    assert!(!b.node_has_cert("n1", "ab").await.unwrap(), "revoked");
     assert_eq!(b.revoke_node("n1", "1").await.unwrap(), Revocation::Missing);
     assert!(
         b.take_join_token("d2").await.unwrap().is_none(),
@@ -544,6 +552,60 @@ fn embedded_revocations_survive_a_restart_and_lapse_on_schedule() {
             r.revoked_at(&keys, t(n + 10)).await.unwrap(),
             vec![Some(t(n)), None]
         );
+    })
+}
+
+#[test]
+fn embedded_node_certificates_answer_from_memory_exactly_as_stored() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || async {
+            Backend::open(&StateConfig::Embedded {
+                path: dir.path().to_path_buf(),
+            })
+            .await
+            .unwrap()
+        };
+        {
+            let b = open().await;
+            b.update_node("n1", |_| Ok((Some(node("n1", 1)), ())))
+                .await
+                .unwrap();
+            b.update_node("n2", |_| Ok((Some(node("n2", 1)), ())))
+                .await
+                .unwrap();
+        }
+        // Reopened: what is on disk answers.
+        let b = open().await;
+        assert!(b.node_has_cert("n1", "ab").await.unwrap());
+        assert!(b.node_has_cert("n2", "ab").await.unwrap());
+        // A renewal replaces the certificate: the old one no longer answers.
+        b.update_node("n1", |cur| {
+            let mut rec = cur.unwrap();
+            rec.certs[0].sha256 = "cd".into();
+            Ok((Some(rec), ()))
+        })
+        .await
+        .unwrap();
+        assert!(!b.node_has_cert("n1", "ab").await.unwrap());
+        assert!(b.node_has_cert("n1", "cd").await.unwrap());
+        // An update its closure refuses changes nothing, here or on disk.
+        let refused = b
+            .update_node("n1", |_| -> Result<(Option<NodeRecord>, ()), _> {
+                Err(broker::store::StoreError::Db("refused".into()))
+            })
+            .await;
+        assert!(refused.is_err());
+        assert!(b.node_has_cert("n1", "cd").await.unwrap());
+        // Removed by an update, and revoked.
+        b.update_node("n2", |_| Ok((None, ()))).await.unwrap();
+        assert!(!b.node_has_cert("n2", "ab").await.unwrap());
+        assert_eq!(b.revoke_node("n1", "1").await.unwrap(), Revocation::Revoked);
+        assert!(!b.node_has_cert("n1", "cd").await.unwrap());
+        drop(b);
+        let b = open().await;
+        assert!(!b.node_has_cert("n1", "cd").await.unwrap());
+        assert!(!b.node_has_cert("n2", "ab").await.unwrap());
     })
 }
 

@@ -78,6 +78,39 @@ fn htu_is_normalised_then_compared() {
 }
 
 #[test]
+fn htu_is_judged_against_the_target_of_each_call() {
+    // The normalised target is remembered per thread: a call for another target on the
+    // same thread must be judged against that one, not the last one.
+    let d = Dpop::new();
+    let proof = d.proof_with(json!({"typ":"dpop+jwt"}), T0, None, json!({}));
+    let other = ProofTarget {
+        uri: "http://127.0.0.1:9090/token",
+        ..target(T0)
+    };
+    assert!(verify_proof(&proof, &target(T0)).is_ok());
+    assert_eq!(verify_proof(&proof, &other), Err(DpopError::UriMismatch));
+    assert!(verify_proof(&proof, &target(T0)).is_ok());
+    // A target that is not an http(s) URL matches nothing, its own spelling included.
+    for not_a_url in ["token", "ftp://127.0.0.1/token"] {
+        let proof = d.proof_with(
+            json!({"typ":"dpop+jwt"}),
+            T0,
+            None,
+            json!({"htu": not_a_url}),
+        );
+        let broken = ProofTarget {
+            uri: not_a_url,
+            ..target(T0)
+        };
+        assert_eq!(
+            verify_proof(&proof, &broken),
+            Err(DpopError::UriMismatch),
+            "{not_a_url}"
+        );
+    }
+}
+
+#[test]
 fn method_typ_and_headers() {
     let d = Dpop::new();
     let p = d.proof_with(json!({"typ":"dpop+jwt"}), T0, None, json!({"htm": "GET"}));
