@@ -463,7 +463,22 @@ struct Row {
     rss_peak: f64,
     /// Cores the broker kept busy during the max-rate phase.
     broker_cores: f64,
+    /// For `attested`: the ceiling measured just before and just after its max-rate
+    /// phase, so the ratio compares two rates of the same minutes.
+    ceiling: Option<(f64, f64)>,
 }
+
+impl Row {
+    /// What this row's ratio is taken against: the higher of its own two measurements
+    /// (the ratio errs low, never high).
+    fn ceiling(&self, run: f64) -> f64 {
+        self.ceiling
+            .map_or(run, |(before, after)| before.max(after))
+    }
+}
+
+/// How long each ceiling measurement lasts.
+const CEILING_TIME: Duration = Duration::from_secs(2);
 
 fn sorted(o: &Outcome) -> Vec<u32> {
     let mut v = o.latencies.clone();
@@ -510,7 +525,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let before = ceiling::measure(cores, Duration::from_secs(2));
+    let before = ceiling::measure(cores, CEILING_TIME);
     println!(
         "crypto ceiling: {before:.0} exchanges/s on {cores} threads (3 × ES256 verify + 1 × ES256 sign)\n"
     );
@@ -529,6 +544,8 @@ fn main() {
             // A line to attach a profiler by: `perf record -p PID` for the next seconds.
             eprintln!("{backend}/{scenario}: timed phase starts, broker pid {pid}");
             let redis_pid = s.redis.as_ref().and_then(RedisServer::pid);
+            let bracket = scenario == "attested";
+            let ceiling_before = bracket.then(|| ceiling::measure(cores, CEILING_TIME));
             let cpu_before = [
                 cpu_ns(pid),
                 cpu_ns(std::process::id()),
@@ -548,16 +565,17 @@ fn main() {
                 cpu_ns(std::process::id()),
                 redis_pid.map_or(0, cpu_ns),
             ];
-            let cores = |i: usize| {
+            let ceiling = ceiling_before.map(|b| (b, ceiling::measure(cores, CEILING_TIME)));
+            let busy = |i: usize| {
                 cpu_after[i].saturating_sub(cpu_before[i]) as f64 / 1e9 / max.elapsed.as_secs_f64()
             };
-            let broker_cores = cores(0);
+            let broker_cores = busy(0);
             let cpu = format!(
                 "; cores busy: broker {:.2}, load generator {:.2}{}",
-                cores(0),
-                cores(1),
+                busy(0),
+                busy(1),
                 if redis_pid.is_some() {
-                    format!(", redis-server {:.2}", cores(2))
+                    format!(", redis-server {:.2}", busy(2))
                 } else {
                     String::new()
                 }
@@ -597,17 +615,19 @@ fn main() {
                 rss_idle,
                 rss_peak,
                 broker_cores,
+                ceiling,
             });
         }
     }
     // Measured again after the load: the machine is shared, and the higher of the two is
-    // the ceiling (the ratio errs low, never high).
-    let after = ceiling::measure(cores, Duration::from_secs(2));
+    // the run's ceiling (the ratio errs low, never high). Each attested row is judged
+    // against its own pair, measured minutes nearer its load.
+    let after = ceiling::measure(cores, CEILING_TIME);
     println!("\ncrypto ceiling again after the load: {after:.0} exchanges/s");
     report(&rows, before.max(after), cores);
 }
 
-fn report(rows: &[Row], ceiling: f64, cores: usize) {
+fn report(rows: &[Row], run_ceiling: f64, cores: usize) {
     println!(
         "\n{:<9} {:<9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>12} {:>7} {:>9} {:>9}",
         "backend",
@@ -643,8 +663,15 @@ fn report(rows: &[Row], ceiling: f64, cores: usize) {
             println!("    error {code}: {n}");
         }
     }
-    println!("\ncrypto ceiling: {ceiling:.0}/s");
+    println!("\ncrypto ceiling of the run: {run_ceiling:.0}/s");
     for r in rows.iter().filter(|r| r.scenario == "attested") {
+        let ceiling = r.ceiling(run_ceiling);
+        if let Some((before, after)) = r.ceiling {
+            println!(
+                "{:<9} attested: crypto ceiling {before:.0}/s just before its max-rate phase, {after:.0}/s just after",
+                r.backend
+            );
+        }
         let ratio = r.max.rate() / ceiling;
         let p99_half = r.half.percentile(&r.half_sorted, 0.99);
         let errors: u64 = r.max.errors.values().sum::<u64>() + r.half.errors.values().sum::<u64>();
@@ -665,11 +692,11 @@ fn report(rows: &[Row], ceiling: f64, cores: usize) {
     // What the broker's own CPU buys, with the generator's share of the cores left out:
     // the crypto one exchange needs against the broker CPU one exchange took. Not the
     // bar (the ratio above is); it says how much of the gap is the broker's.
-    let crypto_us = cores as f64 / ceiling * 1e6;
     for r in rows
         .iter()
         .filter(|r| r.scenario == "attested" && r.broker_cores > 0.0)
     {
+        let crypto_us = cores as f64 / r.ceiling(run_ceiling) * 1e6;
         let broker_us = r.broker_cores / r.max.rate() * 1e6;
         println!(
             "{:<9} attested: broker CPU per exchange {broker_us:.0} µs, crypto alone {crypto_us:.0} µs: crypto share {:.2}",
