@@ -336,7 +336,11 @@ async fn token(
         .metrics
         .exchange(decision, outcome.audit.reason, watch.elapsed());
     match outcome.result {
-        Ok(resp) => no_store(HttpResponse::Ok().json(resp.to_json())),
+        Ok(resp) => no_store(
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(resp.to_json_string()),
+        ),
         Err(refusal) => {
             let code = refusal.code();
             oauth_error(

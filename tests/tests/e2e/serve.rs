@@ -65,6 +65,8 @@ fn a_full_exchange_from_metadata_to_sigterm() {
     let resp = w.exchange(&svid, JWT_TYPE, PAYMENTS, Some("payments.read"));
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "no-store");
+    // RFC 6749 §5.1.
+    assert_eq!(resp.headers()["content-type"], "application/json");
     let body: Value = resp.json().unwrap();
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["issued_token_type"], AT_TYPE);

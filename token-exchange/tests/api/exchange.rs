@@ -54,6 +54,11 @@ fn issued_access_tokens_carry_every_claim_of_spec_5() {
     assert_eq!(h["alg"], "ES256");
     assert_eq!(h["typ"], "at+jwt");
     assert_eq!(resp.to_json()["issued_token_type"], AT_TYPE);
+    // What the broker writes is exactly the map, serialised.
+    assert_eq!(
+        resp.to_json_string(),
+        serde_json::to_string(&resp.to_json()).unwrap()
+    );
 }
 
 #[test]
