@@ -34,7 +34,7 @@ pub enum StoreError {
     InUse { path: PathBuf },
     #[error("state database: {0}")]
     Db(String),
-    #[error("stored signing key is corrupt: {0}")]
+    #[error("stored record is corrupt: {0}")]
     Corrupt(String),
 }
 
@@ -50,7 +50,8 @@ pub struct DurableStore {
     /// The revocations table, in memory: every exchange asks it, and a read transaction
     /// per exchange cost more than the lookups. Exact, because this process is the only
     /// writer (the database is locked to it): loaded at open, and changed under its lock
-    /// in the same call that commits the change.
+    /// in the same call that commits the change (just before the commit: a failed commit
+    /// leaves it refusing more, never less).
     revocations: RwLock<HashMap<String, (u64, u64)>>,
     /// Each enrolled node's certificate digests, in memory, kept exact the same way:
     /// every attested exchange asks whether its node is still enrolled, and a read
@@ -58,8 +59,10 @@ pub struct DurableStore {
     node_certs: RwLock<NodeCerts>,
 }
 
-/// Node name → the digests of its certificates (`None`: the stored record does not
-/// parse, and asking about it is an error, as reading it from the database was).
+/// Node name → the digests of its certificates. `None`: not known, and asking about it is
+/// an error — the stored record does not parse (reading it from the database was an error
+/// too), or a write to it did not report success (redb warns that a failed commit may be
+/// durable all the same).
 type NodeCerts = HashMap<String, Option<Vec<String>>>;
 
 fn cert_digests(rec: &NodeRecord) -> Vec<String> {
@@ -301,14 +304,17 @@ impl DurableStore {
         match mirror.get(name) {
             None => Ok(false),
             Some(Some(certs)) => Ok(certs.iter().any(|c| c == cert_sha256)),
-            Some(None) => Err(StoreError::Corrupt(format!("node record {name}"))),
+            Some(None) => Err(StoreError::Corrupt(format!(
+                "node record {name} does not parse, or its last write did not complete; a restart reloads it"
+            ))),
         }
     }
 
-    /// The node mirror, for writing: taken before the commit and changed right after it,
-    /// by steps that do not panic (a poisoned lock still holds what the database holds).
-    /// Writers are one at a time already (a redb write transaction is open), so the
-    /// mirror changes in commit order.
+    /// The node mirror, for writing: taken before the commit and held across it. What the
+    /// commit takes away is taken from the mirror before it, and what it grants is granted
+    /// only once it reports success, so a commit that fails or panics (and may be durable
+    /// all the same) leaves the mirror failing closed. Writers are one at a time already
+    /// (a redb write transaction is open), so the mirror changes in commit order.
     fn node_certs_mut(&self) -> std::sync::RwLockWriteGuard<'_, NodeCerts> {
         self.node_certs
             .write()
@@ -362,10 +368,10 @@ impl DurableStore {
             }
         };
         let mut mirror = self.node_certs_mut();
-        tx.commit().map_err(db_err)?;
         if outcome == Revocation::Revoked {
             mirror.remove(name);
         }
+        tx.commit().map_err(db_err)?;
         Ok(outcome)
     }
 
@@ -410,8 +416,10 @@ impl DurableStore {
             (out, certs)
         };
         let (out, certs) = out;
-        // Taken after `f` has run (it may read the store), held across the commit.
+        // Taken after `f` has run (it may read the store), held across the commit. Until
+        // the commit reports success the node is not known.
         let mut mirror = self.node_certs_mut();
+        mirror.insert(name.to_owned(), None);
         tx.commit().map_err(db_err)?;
         match certs {
             Some(certs) => mirror.insert(name.to_owned(), Some(certs)),
@@ -477,9 +485,11 @@ impl DurableStore {
             t.retain(|_, (_, keep)| keep > at).map_err(db_err)?;
             entry
         };
-        tx.commit().map_err(db_err)?;
+        // In effect before the commit: one that fails may be durable all the same (redb
+        // says so), and a revocation that may be on disk is one to honour.
         mirror.insert(key.to_owned(), entry);
         mirror.retain(|_, (_, keep)| *keep > at);
+        tx.commit().map_err(db_err)?;
         Ok(())
     }
 
@@ -500,8 +510,9 @@ impl DurableStore {
             .collect())
     }
 
-    /// The mirror, for writing. It is changed only after a commit, by steps that do not
-    /// panic, so a poisoned lock still holds what the database holds.
+    /// The mirror, for writing. A revocation goes in just before its commit, by steps that
+    /// do not panic: a commit that fails or panics may be durable all the same, and the
+    /// mirror then errs towards refusing.
     fn revocations_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, (u64, u64)>> {
         self.revocations
             .write()
