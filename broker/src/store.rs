@@ -104,6 +104,11 @@ impl DurableStore {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                 .map_err(dir_err)?;
         }
+        Self::with_database(db, path)
+    }
+
+    /// The store over an open database: its tables created, its mirrors loaded.
+    fn with_database(db: Database, path: PathBuf) -> Result<Self, StoreError> {
         let store = Self {
             db,
             path,
@@ -750,5 +755,111 @@ impl token_exchange::state::RevocationStore for DurableStore {
             })
             .map_err(|e| token_exchange::state::StateError(e.to_string()));
         Box::pin(async move { r })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use redb::StorageBackend;
+    use redb::backends::InMemoryBackend;
+
+    use super::*;
+
+    /// A database whose syncs fail once told to: a commit that reports failure.
+    #[derive(Debug)]
+    struct FailingSync {
+        inner: InMemoryBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl StorageBackend for FailingSync {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected: the disk said no"));
+            }
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.inner.write(offset, data)
+        }
+    }
+
+    fn node(name: &str, cert: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            spiffe_id: format!("spiffe://t/enforcer/{name}"),
+            enrolled_at: 1,
+            version: 1,
+            certs: vec![NodeCert {
+                sha256: cert.into(),
+                not_after: 2,
+            }],
+        }
+    }
+
+    /// A store with node `n1` enrolled (certificate `ab`), and the switch that makes its
+    /// next commits fail. A failed commit leaves redb refusing further writes, so each
+    /// case gets a store of its own.
+    fn store() -> (DurableStore, Arc<AtomicBool>) {
+        let fail = Arc::new(AtomicBool::new(false));
+        let db = Database::builder()
+            .create_with_backend(FailingSync {
+                inner: InMemoryBackend::new(),
+                fail: fail.clone(),
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = DurableStore::with_database(db, PathBuf::from("memory"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.update_node("n1", |_| Ok((Some(node("n1", "ab")), ())))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(s.node_has_cert("n1", "ab"), Ok(true)));
+        fail.store(true, Ordering::SeqCst);
+        (s, fail)
+    }
+
+    // redb: a commit that returns an error may be durable all the same. Each mirror must
+    // then refuse at least what the database might.
+
+    #[test]
+    fn a_node_revoked_by_a_failed_commit_is_refused() {
+        let (s, _fail) = store();
+        assert!(s.revoke_node("n1", "1").is_err());
+        assert!(matches!(s.node_has_cert("n1", "ab"), Ok(false)));
+    }
+
+    #[test]
+    fn a_node_renewed_by_a_failed_commit_is_not_known() {
+        let (s, _fail) = store();
+        let renewed = s.update_node("n1", |cur| {
+            let mut rec = cur.ok_or_else(|| StoreError::Db("gone".into()))?;
+            rec.certs[0].sha256 = "cd".into();
+            Ok((Some(rec), ()))
+        });
+        assert!(renewed.is_err());
+        // Neither certificate answers "enrolled": asking is an error until a restart.
+        assert!(s.node_has_cert("n1", "ab").is_err());
+        assert!(s.node_has_cert("n1", "cd").is_err());
+    }
+
+    #[test]
+    fn a_revocation_whose_commit_failed_is_in_effect() {
+        let (s, _fail) = store();
+        assert!(s.revoke("tok:x", 100, 200).is_err());
+        assert_eq!(
+            s.revoked_at(&["tok:x".into()], 150).ok(),
+            Some(vec![Some(100)])
+        );
     }
 }
