@@ -125,29 +125,30 @@ impl DurableStore {
         tx.open_table(SINGLE_USE).map_err(db_err)?;
         tx.open_table(REVOCATIONS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        let loaded = {
-            let tx = store.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(REVOCATIONS).map_err(db_err)?;
-            let mut loaded = HashMap::new();
-            for entry in t.iter().map_err(db_err)? {
-                let (k, v) = entry.map_err(db_err)?;
-                loaded.insert(k.value().to_owned(), v.value());
-            }
-            loaded
-        };
-        *store.revocations_mut() = loaded;
-        let loaded = {
-            let tx = store.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(NODES).map_err(db_err)?;
-            let mut loaded = HashMap::new();
-            for entry in t.iter().map_err(db_err)? {
-                let (k, v) = entry.map_err(db_err)?;
-                let rec = serde_json::from_slice::<NodeRecord>(v.value()).ok();
-                loaded.insert(k.value().to_owned(), rec.as_ref().map(cert_digests));
-            }
-            loaded
-        };
-        *store.node_certs_mut() = loaded;
+        // The mirrors, from one read transaction.
+        let tx = store.db.begin_read().map_err(db_err)?;
+        let revocations = tx.open_table(REVOCATIONS).map_err(db_err)?;
+        let revocations = revocations
+            .iter()
+            .map_err(db_err)?
+            .map(|entry| entry.map(|(k, v)| (k.value().to_owned(), v.value())))
+            .collect::<Result<HashMap<_, _>, _>>()
+            .map_err(db_err)?;
+        let nodes = tx.open_table(NODES).map_err(db_err)?;
+        let nodes = nodes
+            .iter()
+            .map_err(db_err)?
+            .map(|entry| {
+                entry.map(|(k, v)| {
+                    let rec = serde_json::from_slice::<NodeRecord>(v.value()).ok();
+                    (k.value().to_owned(), rec.as_ref().map(cert_digests))
+                })
+            })
+            .collect::<Result<NodeCerts, _>>()
+            .map_err(db_err)?;
+        drop(tx);
+        *store.revocations_mut() = revocations;
+        *store.node_certs_mut() = nodes;
         Ok(store)
     }
 

@@ -514,17 +514,20 @@ fn a_thread_closes_its_own_connection_of_a_redis_state_that_is_gone() {
     })
 }
 
+/// The embedded backend in `dir`: opened again over the same directory, a restart.
+async fn open_embedded_at(dir: &std::path::Path) -> Backend {
+    Backend::open(&StateConfig::Embedded {
+        path: dir.to_path_buf(),
+    })
+    .await
+    .unwrap()
+}
+
 #[test]
 fn embedded_revocations_survive_a_restart_and_lapse_on_schedule() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let open = || async {
-            Backend::open(&StateConfig::Embedded {
-                path: dir.path().to_path_buf(),
-            })
-            .await
-            .unwrap()
-        };
+        let open = || open_embedded_at(dir.path());
         let n = t0();
         let keys = vec!["tok:a".to_owned(), "sub:b".to_owned()];
         {
@@ -559,13 +562,7 @@ fn embedded_revocations_survive_a_restart_and_lapse_on_schedule() {
 fn embedded_node_certificates_answer_from_memory_exactly_as_stored() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let open = || async {
-            Backend::open(&StateConfig::Embedded {
-                path: dir.path().to_path_buf(),
-            })
-            .await
-            .unwrap()
-        };
+        let open = || open_embedded_at(dir.path());
         {
             let b = open().await;
             b.update_node("n1", |_| Ok((Some(node("n1", 1)), ())))
