@@ -307,19 +307,41 @@ fn host(s: &Setup) -> String {
     s.broker.base.trim_start_matches("http://").to_owned()
 }
 
-/// `n` attested requests: a fresh SVID, nonce, evidence and DPoP proof each.
-fn prepare_attested(s: &Setup, n: usize) -> Vec<Prepared> {
+/// How long attested requests may take to prepare. Their nonces and proofs are good for
+/// 60 s (the nonce TTL, the DPoP `iat` window, the evidence age); the last of them is
+/// sent after this budget, a ceiling measurement and the phase itself. On a slow day the
+/// pool is smaller than asked and the phase may run dry (which the report says); without
+/// the budget, a pool that took 52 s to prepare answered 1 913 of its requests with
+/// `invalid_dpop_proof` and `use_fresh_attestation`.
+fn attested_budget(phase: Duration) -> Duration {
+    let spent = phase + CEILING_TIME + Duration::from_secs(8);
+    let budget = Duration::from_secs(60).saturating_sub(spent);
+    assert!(
+        budget >= Duration::from_secs(5),
+        "attested requests are good for 60 s: a {} s phase leaves no time to prepare them",
+        phase.as_secs_f64()
+    );
+    budget.min(Duration::from_secs(30))
+}
+
+/// Up to `n` attested requests, a fresh SVID, nonce, evidence and DPoP proof each, as
+/// many as `budget` allows; in the order they were made, so the oldest go first.
+fn prepare_attested(s: &Setup, n: usize, budget: Duration) -> Vec<Prepared> {
     let threads = 4;
     let host = host(s);
     let htu = s.broker.url("/token");
-    std::thread::scope(|scope| {
+    let deadline = Instant::now() + budget;
+    let lists: Vec<Vec<Prepared>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (host, htu) = (&host, &htu);
                 scope.spawn(move || {
                     let http = reqwest::blocking::Client::new();
                     (0..n / threads + usize::from(t < n % threads))
-                        .map(|_| {
+                        .map_while(|_| {
+                            if Instant::now() >= deadline {
+                                return None;
+                            }
                             let nonce: Value = http
                                 .post(s.broker.url("/attest/challenge"))
                                 .send()
@@ -338,22 +360,29 @@ fn prepare_attested(s: &Setup, n: usize) -> Vec<Prepared> {
                                 ("audience", API),
                                 ("scope", "bench.read"),
                             ]);
-                            Prepared::post(
+                            Some(Prepared::post(
                                 host,
                                 "/token",
                                 &[("DPoP", &proof), ("Runtime-Attestation", &evidence)],
                                 &body,
-                            )
+                            ))
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    })
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Round robin over the threads' lists: the i-th of each was made at about the same time.
+    let mut lists: Vec<_> = lists.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::with_capacity(n);
+    loop {
+        let before = out.len();
+        out.extend(lists.iter_mut().filter_map(Iterator::next));
+        if out.len() == before {
+            return out;
+        }
+    }
 }
 
 fn prepare_bearer(s: &Setup, n: usize, audience: &str) -> Vec<Prepared> {
@@ -415,18 +444,18 @@ fn prepare(
     scenario: &str,
     s: &Setup,
     n: usize,
+    phase: Duration,
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
 ) -> Vec<Prepared> {
     match scenario {
-        "attested" => prepare_attested(s, n),
+        "attested" => prepare_attested(s, n, attested_budget(phase)),
         "bearer" => prepare_bearer(s, n, API),
         "chained" => prepare_chained(s, n, rt, addr),
         other => panic!("unknown scenario {other}"),
     }
 }
 
-/// (VmRSS, VmHWM) of a process, in MiB.
 /// CPU time a process has used, in nanoseconds: the sum over its threads of the first
 /// field of `schedstat` (time on a CPU). Threads that exited are not counted.
 fn cpu_ns(pid: u32) -> u64 {
@@ -440,6 +469,7 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// (VmRSS, VmHWM) of a process, in MiB.
 fn rss(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -539,7 +569,7 @@ fn main() {
         for scenario in &a.scenarios {
             // Max rate: closed loop.
             let t = Instant::now();
-            let pool = prepare(scenario, &s, pool_size(scenario), &rt, addr);
+            let pool = prepare(scenario, &s, pool_size(scenario), a.duration, &rt, addr);
             let prep = t.elapsed();
             // A line to attach a profiler by: `perf record -p PID` for the next seconds.
             eprintln!("{backend}/{scenario}: timed phase starts, broker pid {pid}");
@@ -583,7 +613,7 @@ fn main() {
             // Half that rate: open loop, latency from the schedule.
             let half_rate = max.rate() / 2.0;
             let n = (half_rate * a.duration.as_secs_f64()).ceil() as usize + 1;
-            let pool = prepare(scenario, &s, n, &rt, addr);
+            let pool = prepare(scenario, &s, n, a.duration, &rt, addr);
             let half = rt.block_on(load::run(
                 addr,
                 pool,
@@ -594,13 +624,14 @@ fn main() {
                 false,
             ));
             let (_, rss_peak) = rss(pid);
+            let half_sorted = sorted(&half);
             let mut late = half.lateness.clone();
             late.sort_unstable();
             eprintln!(
                 "{backend}/{scenario}: half rate {half_rate:.0}/s: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; the generator's own lag behind its schedule: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
-                half.percentile(&sorted(&half), 0.50),
-                half.percentile(&sorted(&half), 0.90),
-                half.percentile(&sorted(&half), 0.99),
+                half.percentile(&half_sorted, 0.50),
+                half.percentile(&half_sorted, 0.90),
+                half.percentile(&half_sorted, 0.99),
                 half.percentile(&late, 0.50) * 1000.0,
                 half.percentile(&late, 0.99) * 1000.0,
                 half.percentile(&late, 1.0) * 1000.0,
@@ -620,7 +651,7 @@ fn main() {
                 backend: backend.clone(),
                 scenario: scenario.clone(),
                 max_sorted: sorted(&max),
-                half_sorted: sorted(&half),
+                half_sorted,
                 max,
                 half,
                 rss_idle,
