@@ -208,11 +208,26 @@ pub fn emit_audit(r: &AuditRecord, watch: &Stopwatch) {
     );
 }
 
+/// Every value of header `name`, each visible ASCII, space or tab (RFC 9110 §5.5);
+/// anything else (obs-text) refuses the request.
 fn header_values<'a>(headers: &'a HeaderMap, name: &str) -> Result<Vec<&'a str>, ()> {
     headers
         .get_all(name)
-        .map(|v| v.to_str().map_err(|_| ()))
+        .map(|v| visible_ascii(v.as_bytes()))
         .collect()
+}
+
+/// `bytes` as text when each is visible ASCII, space or tab: what `HeaderValue::to_str`
+/// accepts, checked without an early exit so that it compiles to vector code (evidence
+/// is kilobytes long: byte at a time, this was 1 % of an attested exchange).
+fn visible_ascii(bytes: &[u8]) -> Result<&str, ()> {
+    let outside = bytes.iter().fold(false, |outside, &b| {
+        outside | (b.wrapping_sub(0x20) >= 0x5f && b != b'\t')
+    });
+    if outside {
+        return Err(());
+    }
+    std::str::from_utf8(bytes).map_err(|_| ())
 }
 
 /// A request refused before it reached the core still gets its audit line.
@@ -464,5 +479,32 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `visible_ascii` takes exactly what `HeaderValue::to_str` takes, every byte value
+    /// at the start, in the middle (inside and outside a vector lane) and at the end.
+    #[test]
+    fn visible_ascii_is_to_str() {
+        for b in 0..=u8::MAX {
+            for at in [0, 15, 16, 33, 99] {
+                let mut value = vec![b'a'; 100];
+                value[at] = b;
+                let expected = b == b'\t' || (0x20..0x7f).contains(&b);
+                assert_eq!(
+                    visible_ascii(&value).is_ok(),
+                    expected,
+                    "byte {b:#x} at {at}"
+                );
+                if let Ok(header) = HeaderValue::from_bytes(&value) {
+                    assert_eq!(header.to_str().is_ok(), expected, "byte {b:#x} at {at}");
+                }
+            }
+        }
+        assert_eq!(visible_ascii(b""), Ok(""));
     }
 }

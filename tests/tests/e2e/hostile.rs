@@ -633,6 +633,46 @@ fn a_dpop_proof_is_single_use() {
 }
 
 #[test]
+fn header_bytes_outside_visible_ascii_are_refused() {
+    let w = World::start();
+    let d = DpopKey::new();
+    let svid = w.svid(PAYMENTS_SVID, json!({}));
+    let f = form(&svid, JWT_TYPE, PAYMENTS);
+    let n = w.nonce();
+    let proof = d.proof(&w.token_url(), Some(&n), "ascii-1");
+    // obs-text (RFC 9110 §5.5) at the end (valid UTF-8, "é"), in the middle, and
+    // alone; HTTP carries it, the broker does not take it.
+    let mid = proof.len() / 2;
+    let tainted: [Vec<u8>; 3] = [
+        [proof.as_bytes(), "é".as_bytes()].concat(),
+        [&proof.as_bytes()[..mid], b"\x80", &proof.as_bytes()[mid..]].concat(),
+        b"\xff".to_vec(),
+    ];
+    for name in ["DPoP", "Runtime-Attestation"] {
+        for value in &tainted {
+            let value = reqwest::header::HeaderValue::from_bytes(value).unwrap();
+            refused(&w, 400, "invalid_request", || {
+                w.http
+                    .post(w.token_url())
+                    .form(&f)
+                    .header(name, value)
+                    .send()
+                    .unwrap()
+            });
+        }
+    }
+    // A tab is a field value's own byte (inside it; at its ends HTTP trims it): it
+    // passes this check and fails the proof's.
+    let tabbed = format!("{}\t{}", &proof[..mid], &proof[mid..]);
+    refused(&w, 400, "invalid_dpop_proof", || {
+        w.post_token(&f, &[("DPoP", &tabbed)])
+    });
+    // The proof itself, untouched, is still good: nothing above spent its nonce.
+    granted(w.post_token(&f, &[("DPoP", &proof)]));
+    finish(&w, &[svid]);
+}
+
+#[test]
 fn a_dpop_proof_for_another_htu_is_refused() {
     let w = World::start();
     let d = DpopKey::new();
