@@ -23,7 +23,8 @@ pub const MAX_LINEAGE: usize = 16;
 
 /// The stable id of a token: SHA-256 over its issuer and `jti`, or over the whole token
 /// when it has no `jti`; base64url. Never the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
 pub struct TokenId(String);
 
 impl TokenId {
