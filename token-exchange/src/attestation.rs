@@ -221,10 +221,12 @@ pub struct X509EvidenceVerifier {
 pub const MAX_CACHED_CHAINS: usize = 4096;
 
 /// Node chains that verified against the local node CA, so that a node's every piece of
-/// evidence does not pay for path building, X.509 parsing and a signature check again.
-/// Keyed by SHA-256 over the node CA's certificates and the chain's, so a different CA or
-/// a byte of difference misses; a hit holds only inside every certificate's validity.
-/// Revocation is not cached: it is asked on every piece of evidence.
+/// evidence does not pay for path building, X.509 parsing and a signature check again
+/// (nor for decoding `x5c`). Keyed by SHA-256 over the node CA's certificates and the
+/// chain's `x5c` text, so a different CA or a byte of difference misses: only the very
+/// text that decoded and verified before hits. A hit holds only inside every
+/// certificate's validity. Revocation is not cached: it is asked on every piece of
+/// evidence.
 #[derive(Default)]
 struct ChainCache {
     entries: std::sync::Mutex<HashMap<[u8; 32], VerifiedChain>>,
@@ -240,7 +242,7 @@ struct VerifiedChain {
 }
 
 impl ChainCache {
-    fn key(local: &SpiffeBundle, chain: &[CertificateDer<'_>]) -> [u8; 32] {
+    fn key(local: &SpiffeBundle, x5c: &[&str]) -> [u8; 32] {
         let mut ctx = digest::Context::new(&digest::SHA256);
         let mut put = |bytes: &[u8]| {
             ctx.update(&(bytes.len() as u64).to_be_bytes());
@@ -249,9 +251,9 @@ impl ChainCache {
         for a in local.x509_authorities() {
             put(a.certificate.as_ref());
         }
-        put(b"chain");
-        for c in chain {
-            put(c.as_ref());
+        put(b"x5c");
+        for c in x5c {
+            put(c.as_bytes());
         }
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.finish().as_ref());
@@ -321,14 +323,12 @@ impl X509EvidenceVerifier {
                 return Err(invalid(format!("header {h} is not allowed")));
             }
         }
-        let chain = match jws.header().get("x5c") {
+        let x5c = match jws.header().get("x5c") {
             Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_EVIDENCE_CHAIN => {
                 items
                     .iter()
                     .map(|v| {
                         v.as_str()
-                            .and_then(|s| STANDARD.decode(s).ok())
-                            .map(CertificateDer::from)
                             .ok_or_else(|| invalid("x5c entry is not base64 DER"))
                     })
                     .collect::<Result<Vec<_>, _>>()?
@@ -344,10 +344,19 @@ impl X509EvidenceVerifier {
                 .authorities
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            let cache_key = ChainCache::key(&auth.local, &chain);
+            let cache_key = ChainCache::key(&auth.local, &x5c);
             if let Some(hit) = self.chains.get(&cache_key, now) {
                 (hit.node, true, hit.key, hit.fingerprint)
             } else {
+                let chain = x5c
+                    .iter()
+                    .map(|s| {
+                        STANDARD
+                            .decode(s)
+                            .map(CertificateDer::from)
+                            .map_err(|_| invalid("x5c entry is not base64 DER"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 let leaf = chain.first().ok_or_else(|| invalid("empty chain"))?;
                 let verified = match verify_x509_svid(
                     &chain,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use trust_bundles::jwk::JwkError;
 use trust_bundles::jws::{JwsError, UnverifiedJws};
-use trust_bundles::{Jwk, UnixTime, VerifyingKeys};
+use trust_bundles::{UnixTime, VerifyingKeys};
 
 use crate::types::Jkt;
 
@@ -93,11 +93,16 @@ pub fn verify_proof_with(
             return Err(DpopError::ForbiddenHeader(h));
         }
     }
-    // 7: the key is public (private members refuse it in `Jwk::from_json`).
+    // 7: the key is public (private members refuse it in `VerifyingKeys::parse`).
     let jwk_value = jws.header().get("jwk").ok_or(DpopError::MissingJwk)?;
-    let jwk = Jwk::from_json(jwk_value).map_err(DpopError::BadJwk)?;
+    let (jwk, known) = keys
+        .parse(jwk_value, jws.alg())
+        .map_err(DpopError::BadJwk)?;
     // 6.
-    let claims = jws.verify_remembering(&jwk, keys)?;
+    let claims = match known {
+        Some(key) => jws.verify_with(&key)?,
+        None => jws.verify_remembering(&jwk, keys)?,
+    };
 
     // 3.
     let jti = match claims.get("jti") {

@@ -261,6 +261,28 @@ pub enum PublicKey {
 }
 
 impl PublicKey {
+    /// aws-lc's checks of the key material, which every parsed key passes before it is
+    /// used: an EC point is on its curve and not the identity (invalid-curve attacks);
+    /// an RSA exponent is odd, 3 ≤ e < 2^33, and the modulus sound. For Ed25519 aws-lc
+    /// checks only the length, it does not decompress the point: a non-point never
+    /// verifies a signature, so nothing is trusted that should not be.
+    fn check(&self) -> Result<(), JwkError> {
+        let parsed = match self {
+            Self::Rsa { .. } => {
+                ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, self.spki_bytes())
+                    .map_err(|_| JwkError::BadRsaKey)
+            }
+            Self::Ec { curve, .. } => {
+                ParsedPublicKey::new(curve.algorithm().verification(), self.spki_bytes())
+                    .map_err(|_| JwkError::PointNotOnCurve(curve.name()))
+            }
+            Self::Ed25519 { x } => {
+                ParsedPublicKey::new(&signature::ED25519, x).map_err(|_| JwkError::BadEd25519Key)
+            }
+        };
+        parsed.map(drop)
+    }
+
     /// The encoding aws-lc-rs (and an X.509 SubjectPublicKeyInfo's BIT STRING) uses: a DER
     /// `RSAPublicKey`, an uncompressed SEC1 point, or the raw Ed25519 key.
     pub fn spki_bytes(&self) -> Vec<u8> {
@@ -378,6 +400,24 @@ impl VerifyingKeys {
         Self::default()
     }
 
+    /// [`Jwk::from_json`] for a key about to verify an `alg` signature, with the verifier
+    /// remembered for it and `alg`, if any. A remembered key's material was checked when
+    /// its verifier was built, and a hit is that key member for member, so only a key not
+    /// remembered pays for aws-lc's checks (a workload presents the same DPoP key with
+    /// every proof).
+    pub fn parse(
+        &self,
+        value: &Value,
+        alg: JwsAlgorithm,
+    ) -> Result<(Jwk, Option<Arc<VerifyingKey>>), JwkError> {
+        let jwk = Jwk::from_json_checking(value, false)?;
+        if let Some(known) = self.find(&jwk, alg) {
+            return Ok((jwk, Some(known)));
+        }
+        jwk.key.check()?;
+        Ok((jwk, None))
+    }
+
     /// The verifier remembered for `jwk` and `alg`, if any.
     pub fn find(&self, jwk: &Jwk, alg: JwsAlgorithm) -> Option<Arc<VerifyingKey>> {
         self.built
@@ -419,6 +459,12 @@ impl Jwk {
     /// Parses a public JWK from a JSON object. Members other than those of the key type,
     /// `kid` and `alg` (such as `use`, `key_ops`, `x5c`) are left to the caller.
     pub fn from_json(value: &Value) -> Result<Self, JwkError> {
+        Self::from_json_checking(value, true)
+    }
+
+    /// [`Self::from_json`]; `check_material` false leaves aws-lc's checks of the key
+    /// material ([`PublicKey::check`]) to the caller, for a key it knows.
+    fn from_json_checking(value: &Value, check_material: bool) -> Result<Self, JwkError> {
         let obj = value.as_object().ok_or(JwkError::NotAnObject)?;
         if let Some(member) = PRIVATE_MEMBERS.into_iter().find(|m| obj.contains_key(*m)) {
             return Err(JwkError::PrivateMaterial(member));
@@ -433,6 +479,9 @@ impl Jwk {
             "OKP" => parse_okp(obj)?,
             other => return Err(JwkError::UnsupportedKty(other.to_owned())),
         };
+        if check_material {
+            key.check()?;
+        }
         let alg = match obj.get("alg") {
             None => None,
             Some(Value::String(s)) => match s.parse::<JwsAlgorithm>() {
@@ -585,11 +634,7 @@ fn parse_rsa(obj: &Map<String, Value>) -> Result<PublicKey, JwkError> {
     if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
         return Err(JwkError::RsaKeySize { bits });
     }
-    let key = PublicKey::Rsa { n, e };
-    // aws-lc checks the exponent (odd, 3 ≤ e < 2^33) and the modulus.
-    ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, key.spki_bytes())
-        .map_err(|_| JwkError::BadRsaKey)?;
-    Ok(key)
+    Ok(PublicKey::Rsa { n, e })
 }
 
 fn parse_ec(obj: &Map<String, Value>) -> Result<PublicKey, JwkError> {
@@ -611,11 +656,7 @@ fn parse_ec(obj: &Map<String, Value>) -> Result<PublicKey, JwkError> {
             });
         }
     }
-    let key = PublicKey::Ec { curve, x, y };
-    // aws-lc validates the point: on the curve, not the identity (invalid-curve attacks).
-    ParsedPublicKey::new(curve.algorithm().verification(), key.spki_bytes())
-        .map_err(|_| JwkError::PointNotOnCurve(curve.name()))?;
-    Ok(key)
+    Ok(PublicKey::Ec { curve, x, y })
 }
 
 fn parse_okp(obj: &Map<String, Value>) -> Result<PublicKey, JwkError> {
@@ -630,9 +671,6 @@ fn parse_okp(obj: &Map<String, Value>) -> Result<PublicKey, JwkError> {
         expected: 32,
         got,
     })?;
-    // aws-lc checks only the length here; it does not decompress the point. A non-point
-    // never verifies a signature, so nothing is trusted that should not be.
-    ParsedPublicKey::new(&signature::ED25519, x).map_err(|_| JwkError::BadEd25519Key)?;
     Ok(PublicKey::Ed25519 { x })
 }
 
@@ -747,6 +785,54 @@ mod tests {
         let mut pinned = jwk_a.clone();
         pinned.alg = Some(JwsAlgorithm::ES256);
         assert!(keys.find(&pinned, JwsAlgorithm::ES256).is_none());
+    }
+
+    /// `VerifyingKeys::parse` checks the material of every key it does not remember: an
+    /// off-curve point is refused though a key with the same `x` is remembered, and a
+    /// remembered key comes back with its verifier.
+    #[test]
+    fn parse_checks_what_it_does_not_remember() {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair};
+        let key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let p = key.public_key().as_ref();
+        let json_of = |y: &[u8]| {
+            json!({"kty": "EC", "crv": "P-256",
+                   "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(y)})
+        };
+        let good = json_of(&p[33..65]);
+        let mut y = p[33..65].to_vec();
+        y[31] ^= 1;
+        let off_curve = json_of(&y);
+        let keys = VerifyingKeys::new();
+        // Nothing remembered: both are checked, the good one passes.
+        assert!(keys.parse(&good, JwsAlgorithm::ES256).unwrap().1.is_none());
+        assert_eq!(
+            keys.parse(&off_curve, JwsAlgorithm::ES256).err(),
+            Some(JwkError::PointNotOnCurve("P-256"))
+        );
+        assert_eq!(
+            Jwk::from_json(&off_curve).err(),
+            Some(JwkError::PointNotOnCurve("P-256"))
+        );
+
+        let jwk = Jwk::from_json(&good).unwrap();
+        let built = verifier(&keys, &jwk, JwsAlgorithm::ES256);
+        let (parsed, known) = keys.parse(&good, JwsAlgorithm::ES256).unwrap();
+        assert_eq!(parsed, jwk);
+        assert!(Arc::ptr_eq(&known.unwrap(), &built));
+        // Remembered for ES256 only; and the off-curve twin is still refused.
+        assert!(keys.parse(&good, JwsAlgorithm::ES384).unwrap().1.is_none());
+        assert_eq!(
+            keys.parse(&off_curve, JwsAlgorithm::ES256).err(),
+            Some(JwkError::PointNotOnCurve("P-256"))
+        );
+        // Private members are refused whatever is remembered.
+        let mut private = good.clone();
+        private["d"] = json!("AAAA");
+        assert_eq!(
+            keys.parse(&private, JwsAlgorithm::ES256).err(),
+            Some(JwkError::PrivateMaterial("d"))
+        );
     }
 
     #[test]

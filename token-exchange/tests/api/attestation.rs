@@ -216,6 +216,33 @@ fn a_remembered_node_chain_expires_with_its_certificate() {
 }
 
 #[test]
+fn a_remembered_node_chain_vouches_for_its_own_node_only() {
+    // n1's chain is remembered; n2's (another node of the same CA) is not n1's: its
+    // evidence verifies with its own key and names its own node.
+    let f = fixture(false);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+    let n2 = enroll(&f.ca, "spiffe://trustbroker.local/enforcer/n2");
+    for _ in 0..2 {
+        let n = f.w.nonce();
+        let ev = evidence(&n2, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+        let out = attested(&f, &d, &n, &ev);
+        assert!(out.result.is_ok(), "{:?}", out.result.err());
+        assert_eq!(
+            out.audit.node.as_deref(),
+            Some("spiffe://trustbroker.local/enforcer/n2")
+        );
+    }
+    // And n1 still names n1.
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    let out = attested(&f, &d, &n, &ev);
+    assert_eq!(out.audit.node.as_deref(), Some(f.node.id.as_str()));
+}
+
+#[test]
 fn a_node_of_an_untrusted_ca_is_refused() {
     let f = fixture(false);
     let d = Dpop::new();
