@@ -430,8 +430,9 @@ impl VerifyingKeys {
 
     /// Remembers `key`, built by `jwk.verifying_key(alg)`. Callers remember a verifier
     /// only once it has verified a signature: forged tokens naming many keys cannot
-    /// churn what is remembered.
-    pub fn remember(&self, jwk: &Jwk, alg: JwsAlgorithm, key: Arc<VerifyingKey>) {
+    /// churn what is remembered. Crate-private: [`Self::parse`] trusts that a remembered
+    /// key's material was checked, which only a verifier built from it proves.
+    pub(crate) fn remember(&self, jwk: &Jwk, alg: JwsAlgorithm, key: Arc<VerifyingKey>) {
         let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
         if built.len() >= Self::MAX && !built.contains_key(jwk) {
             built.clear();
@@ -827,12 +828,43 @@ mod tests {
             Some(JwkError::PointNotOnCurve("P-256"))
         );
         // Private members are refused whatever is remembered.
-        let mut private = good.clone();
-        private["d"] = json!("AAAA");
+        for m in PRIVATE_MEMBERS {
+            let mut private = good.clone();
+            private[m] = json!("AAAA");
+            assert_eq!(
+                keys.parse(&private, JwsAlgorithm::ES256).err(),
+                Some(JwkError::PrivateMaterial(m))
+            );
+        }
+        // `from_json` checks the material before `alg`: an off-curve key published for an
+        // algorithm it does not fit is refused for its point, never skipped for its alg.
+        let mut pinned = off_curve.clone();
+        pinned["alg"] = json!("ES512");
         assert_eq!(
-            keys.parse(&private, JwsAlgorithm::ES256).err(),
-            Some(JwkError::PrivateMaterial("d"))
+            Jwk::from_json(&pinned).err(),
+            Some(JwkError::PointNotOnCurve("P-256"))
         );
+    }
+
+    /// An RSA key `VerifyingKeys::parse` does not remember gets aws-lc's checks: an even
+    /// exponent is refused.
+    #[test]
+    fn parse_checks_an_unknown_rsa_key() {
+        use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
+        let kp = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = kp.public_key().as_ref();
+        let n_len = (usize::from(der[6]) << 8) | usize::from(der[7]);
+        let n = &der[8..8 + n_len];
+        let n = URL_SAFE_NO_PAD.encode(&n[n.iter().position(|&b| b != 0).unwrap()..]);
+        let keys = VerifyingKeys::new();
+        let good = json!({"kty": "RSA", "n": n, "e": "AQAB"});
+        assert!(keys.parse(&good, JwsAlgorithm::RS256).is_ok());
+        let even = json!({"kty": "RSA", "n": n, "e": "AQAA"});
+        assert_eq!(
+            keys.parse(&even, JwsAlgorithm::RS256).err(),
+            Some(JwkError::BadRsaKey)
+        );
+        assert_eq!(Jwk::from_json(&even).err(), Some(JwkError::BadRsaKey));
     }
 
     #[test]

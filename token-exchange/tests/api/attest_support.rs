@@ -96,6 +96,8 @@ pub struct Fixture {
     pub node: Node,
     pub revoked: Arc<Revoked>,
     pub ca: Ca,
+    /// The verifier's node CAs, to change under it.
+    pub authorities: Arc<RwLock<NodeAuthorities>>,
 }
 
 pub fn fixture(require_hash: bool) -> Fixture {
@@ -107,7 +109,8 @@ pub fn fixture(require_hash: bool) -> Fixture {
         local: bundle_for(&ca),
         foreign: HashMap::new(),
     };
-    let r = revoked.clone();
+    let authorities = Arc::new(RwLock::new(auth));
+    let (r, a) = (revoked.clone(), authorities.clone());
     let mut boundaries = default_boundaries();
     if require_hash {
         boundaries[0].require.exe_sha256 = vec![EXE_HASH.into()];
@@ -115,17 +118,14 @@ pub fn fixture(require_hash: bool) -> Fixture {
     }
     assert_eq!(boundaries[0].attestation, AttestationMode::Required);
     let w = World::build(boundaries, move |_clock| {
-        Arc::new(X509EvidenceVerifier::new(
-            Arc::new(RwLock::new(auth)),
-            r,
-            Duration::from_secs(30),
-        ))
+        Arc::new(X509EvidenceVerifier::new(a, r, Duration::from_secs(30)))
     });
     Fixture {
         w,
         node,
         revoked,
         ca,
+        authorities,
     }
 }
 

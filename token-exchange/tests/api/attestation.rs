@@ -242,6 +242,94 @@ fn a_remembered_node_chain_vouches_for_its_own_node_only() {
     assert_eq!(out.audit.node.as_deref(), Some(f.node.id.as_str()));
 }
 
+/// Evidence from `node` whose header carries `x5c` as given (or none).
+fn evidence_with_x5c(f: &Fixture, d: &Dpop, nonce: &str, x5c: Option<serde_json::Value>) -> String {
+    use aws_lc_rs::rand::SystemRandom;
+    let mut header = json!({"alg": "ES256", "typ": "runtime-attestation+jwt"});
+    if let Some(x5c) = x5c {
+        header["x5c"] = x5c;
+    }
+    let claims = json!({
+        "iss": f.node.id, "sub": WORKLOAD, "nonce": nonce, "cnf": {"jkt": d.jkt},
+        "iat": f.w.now(), "exp": f.w.now() + 60, "proc": facts(),
+    });
+    let input = trust_bundles::jws::signing_input(&header, &claims);
+    let sig = f
+        .node
+        .key
+        .sign(&SystemRandom::new(), input.as_bytes())
+        .unwrap();
+    trust_bundles::jws::compact(&input, sig.as_ref())
+}
+
+#[test]
+fn a_remembered_node_chain_is_forgotten_with_its_node_ca() {
+    // n1's chain is remembered under the node CA it verified against; the node CA is
+    // replaced: the same chain no longer verifies.
+    let f = fixture(false);
+    let d = Dpop::new();
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+    f.authorities.write().unwrap().local = bundle_for(&node_ca());
+    let n = f.w.nonce();
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    let e = refusal(attested(&f, &d, &n, &ev));
+    assert!(
+        matches!(&e, ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("chain")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_malformed_x5c_is_refused_whether_the_chain_is_remembered_or_not() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    let f = fixture(false);
+    let d = Dpop::new();
+    let cert = f.node.chain[0].as_ref();
+    let text = STANDARD.encode(cert);
+    // The well-formed header, built here, passes: the helper is sound.
+    let n = f.w.nonce();
+    let ev = evidence_with_x5c(&f, &d, &n, Some(json!([text])));
+    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+    // The chain is now remembered; none of these may ride on it.
+    let mut malformed = vec![
+        None,
+        Some(json!(text)),
+        Some(json!([])),
+        Some(json!([123])),
+        Some(json!(["!!!!"])),
+        Some(json!([format!("{text} ")])),
+        Some(json!([format!("{text}====")])),
+        Some(json!(vec![text.clone(); 6])),
+    ];
+    // Non-canonical texts of the very same DER: without its padding, and with the bits
+    // past the DER's end (in the last character before the padding) set.
+    if text.ends_with('=') {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut bytes = text.clone().into_bytes();
+        let at = bytes.iter().rposition(|&b| b != b'=').unwrap();
+        let index = ALPHABET.iter().position(|&c| c == bytes[at]).unwrap();
+        bytes[at] = ALPHABET[index ^ 1];
+        malformed.push(Some(json!([String::from_utf8(bytes).unwrap()])));
+        malformed.push(Some(json!([STANDARD_NO_PAD.encode(cert)])));
+    }
+    for x5c in malformed {
+        let n = f.w.nonce();
+        let ev = evidence_with_x5c(&f, &d, &n, x5c.clone());
+        let e = refusal(attested(&f, &d, &n, &ev));
+        assert!(
+            matches!(&e, ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("x5c")),
+            "{x5c:?}: {e:?}"
+        );
+    }
+    // The remembered chain still serves well-formed evidence.
+    let n = f.w.nonce();
+    let ev = evidence_with_x5c(&f, &d, &n, Some(json!([text])));
+    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+}
+
 #[test]
 fn a_node_of_an_untrusted_ca_is_refused() {
     let f = fixture(false);
@@ -376,9 +464,11 @@ fn a_foreign_enforcer_ca_vouches_only_through_enforcer_identities() {
         )]),
     };
     let revoked = Arc::new(Revoked::default());
+    let authorities = Arc::new(RwLock::new(auth));
+    let a = authorities.clone();
     let w = World::build(default_boundaries(), move |_| {
         Arc::new(X509EvidenceVerifier::new(
-            Arc::new(RwLock::new(auth)),
+            a,
             revoked,
             Duration::from_secs(30),
         ))
@@ -391,6 +481,7 @@ fn a_foreign_enforcer_ca_vouches_only_through_enforcer_identities() {
         ),
         revoked: Arc::default(),
         ca: foreign_ca,
+        authorities,
     };
     let d = Dpop::new();
     let n = f.w.nonce();
