@@ -713,8 +713,10 @@ fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use aws_lc_rs::signature::RsaKeyPair;
     use serde_json::json;
+
+    use super::*;
 
     /// RFC 7638 §3.1's example key and thumbprint.
     #[test]
@@ -850,12 +852,8 @@ mod tests {
     /// exponent is refused.
     #[test]
     fn parse_checks_an_unknown_rsa_key() {
-        use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
         let kp = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let der = kp.public_key().as_ref();
-        let n_len = (usize::from(der[6]) << 8) | usize::from(der[7]);
-        let n = &der[8..8 + n_len];
-        let n = URL_SAFE_NO_PAD.encode(&n[n.iter().position(|&b| b != 0).unwrap()..]);
+        let (n, _) = rsa_members(&kp);
         let keys = VerifyingKeys::new();
         let good = json!({"kty": "RSA", "n": n, "e": "AQAB"});
         assert!(keys.parse(&good, JwsAlgorithm::RS256).is_ok());
@@ -867,21 +865,26 @@ mod tests {
         assert_eq!(Jwk::from_json(&even).err(), Some(JwkError::BadRsaKey));
     }
 
-    #[test]
-    fn an_rsa_key_has_one_verifier_per_alg() {
-        use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
-        let kp = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        // RSAPublicKey ::= SEQUENCE { INTEGER n, INTEGER e }, 2-byte lengths at 2048 bits.
+    /// A 2048-bit key's JWK `n` and `e`, from its DER `RSAPublicKey ::= SEQUENCE {
+    /// INTEGER n, INTEGER e }` (2-byte lengths at this size).
+    fn rsa_members(kp: &RsaKeyPair) -> (String, String) {
+        use aws_lc_rs::signature::KeyPair;
         let der = kp.public_key().as_ref();
         let n_len = (usize::from(der[6]) << 8) | usize::from(der[7]);
         let n = &der[8..8 + n_len];
         let e = &der[8 + n_len + 2..8 + n_len + 2 + usize::from(der[8 + n_len + 1])];
-        let jwk = Jwk::from_json(&json!({
-            "kty": "RSA",
-            "n": URL_SAFE_NO_PAD.encode(&n[n.iter().position(|&b| b != 0).unwrap()..]),
-            "e": URL_SAFE_NO_PAD.encode(e),
-        }))
-        .unwrap();
+        (
+            URL_SAFE_NO_PAD.encode(&n[n.iter().position(|&b| b != 0).unwrap()..]),
+            URL_SAFE_NO_PAD.encode(e),
+        )
+    }
+
+    #[test]
+    fn an_rsa_key_has_one_verifier_per_alg() {
+        use aws_lc_rs::signature::RSA_PKCS1_SHA256;
+        let kp = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let (n, e) = rsa_members(&kp);
+        let jwk = Jwk::from_json(&json!({"kty": "RSA", "n": n, "e": e})).unwrap();
         let mut sig = vec![0; kp.public_modulus_len()];
         kp.sign(
             &RSA_PKCS1_SHA256,

@@ -27,6 +27,8 @@ use trust_bundles::{SpiffeBundle, TrustDomain};
 use crate::support::*;
 
 pub const SECURE: &str = "/ns/secure/sa/api";
+/// The SPIFFE ID of the `SECURE` workload, which evidence names.
+pub const WORKLOAD: &str = "spiffe://cluster-a.example/ns/secure/sa/api";
 pub const EXE_HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
 /// A node CA and one enrolled node with its key.
@@ -167,6 +169,13 @@ pub fn evidence(
             .to_vec()
     })
     .unwrap()
+}
+
+/// An attested exchange with fresh evidence from `node`, on a fresh nonce.
+pub fn attest_fresh(f: &Fixture, d: &Dpop, node: &Node) -> Outcome {
+    let n = f.w.nonce();
+    let ev = evidence(node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    attested(f, d, &n, &ev)
 }
 
 pub fn attested(f: &Fixture, d: &Dpop, nonce: &str, ev: &str) -> Outcome {

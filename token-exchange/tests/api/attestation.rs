@@ -18,8 +18,6 @@ use crate::support::*;
 
 use crate::attest_support::*;
 
-const WORKLOAD: &str = "spiffe://cluster-a.example/ns/secure/sa/api";
-
 #[test]
 fn an_attested_exchange_carries_att_and_cnf() {
     let f = fixture(true);
@@ -221,14 +219,10 @@ fn a_remembered_node_chain_vouches_for_its_own_node_only() {
     // evidence verifies with its own key and names its own node.
     let f = fixture(false);
     let d = Dpop::new();
-    let n = f.w.nonce();
-    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
-    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+    assert!(attest_fresh(&f, &d, &f.node).result.is_ok());
     let n2 = enroll(&f.ca, "spiffe://trustbroker.local/enforcer/n2");
     for _ in 0..2 {
-        let n = f.w.nonce();
-        let ev = evidence(&n2, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
-        let out = attested(&f, &d, &n, &ev);
+        let out = attest_fresh(&f, &d, &n2);
         assert!(out.result.is_ok(), "{:?}", out.result.err());
         assert_eq!(
             out.audit.node.as_deref(),
@@ -236,9 +230,7 @@ fn a_remembered_node_chain_vouches_for_its_own_node_only() {
         );
     }
     // And n1 still names n1.
-    let n = f.w.nonce();
-    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
-    let out = attested(&f, &d, &n, &ev);
+    let out = attest_fresh(&f, &d, &f.node);
     assert_eq!(out.audit.node.as_deref(), Some(f.node.id.as_str()));
 }
 
@@ -268,13 +260,9 @@ fn a_remembered_node_chain_is_forgotten_with_its_node_ca() {
     // replaced: the same chain no longer verifies.
     let f = fixture(false);
     let d = Dpop::new();
-    let n = f.w.nonce();
-    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
-    assert!(attested(&f, &d, &n, &ev).result.is_ok());
+    assert!(attest_fresh(&f, &d, &f.node).result.is_ok());
     f.authorities.write().unwrap().local = bundle_for(&node_ca());
-    let n = f.w.nonce();
-    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
-    let e = refusal(attested(&f, &d, &n, &ev));
+    let e = refusal(attest_fresh(&f, &d, &f.node));
     assert!(
         matches!(&e, ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("chain")),
         "{e:?}"
