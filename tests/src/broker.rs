@@ -1,9 +1,11 @@
 //! A `trustbroker serve` child process, stopped by PID when dropped.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// The `trustbroker` binary built by `cargo test --workspace` (the broker crate's
@@ -12,28 +14,35 @@ pub fn binary() -> PathBuf {
     workspace_binary("broker", "trustbroker")
 }
 
-/// A workspace binary next to the test executables, built on demand when missing.
+/// A workspace binary next to the test executables, brought up to date once per process.
 ///
-/// `cargo test --workspace` rebuilds these binaries before any test runs. Run alone
-/// (`cargo test -p trustbroker-tests`), an existing but stale binary is used as it is:
-/// build the workspace first when product code changed.
+/// `cargo test --workspace` builds these binaries before any test runs, and the build
+/// here is then a no-op (under a second). Run alone (`cargo test -p trustbroker-tests`),
+/// cargo builds this crate's tests but not the broker: without the build here, a stale
+/// binary from before the last change to product code would be tested without a word.
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let exe = std::env::current_exe().unwrap();
-    // A binary of this crate (`trustbroker-bench`) sits beside them; a test executable
-    // one level down, in `deps/`.
+    // A binary of this crate (`trustbroker-bench`) sits beside them, and builds them
+    // itself; a test executable one level down, in `deps/`.
     let beside = exe.parent().unwrap().join(name);
     if beside.is_file() {
         return beside;
     }
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = dir.join(name);
-    if !bin.is_file() {
-        // Run alone (`cargo test -p trustbroker-tests`): build it once.
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", package, "--bin", name])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building {name} failed");
+    {
+        let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+        if !built.contains(name) {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-q", "-p", package, "--bin", name]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().unwrap();
+            assert!(status.success(), "building {name} failed");
+            built.insert(name.to_owned());
+        }
     }
     assert!(
         bin.is_file(),
