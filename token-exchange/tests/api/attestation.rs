@@ -434,10 +434,9 @@ impl KeyClone for Node {
     }
 }
 
-#[test]
-fn a_foreign_enforcer_ca_vouches_only_through_enforcer_identities() {
-    // The domain's enforcer_ca may be its whole SPIRE CA: a workload SVID from it must
-    // not be able to sign evidence.
+/// A world whose verifier trusts cluster-a.example's `enforcer_ca` for its subjects, and
+/// an enforcer of that domain.
+fn foreign_fixture() -> Fixture {
     let local_ca = node_ca();
     let foreign_ca = node_ca();
     let auth = NodeAuthorities {
@@ -461,7 +460,7 @@ fn a_foreign_enforcer_ca_vouches_only_through_enforcer_identities() {
             Duration::from_secs(30),
         ))
     });
-    let f = Fixture {
+    Fixture {
         w,
         node: enroll(
             &foreign_ca,
@@ -470,7 +469,31 @@ fn a_foreign_enforcer_ca_vouches_only_through_enforcer_identities() {
         revoked: Arc::default(),
         ca: foreign_ca,
         authorities,
-    };
+    }
+}
+
+#[test]
+fn a_foreign_node_chain_is_never_remembered() {
+    // The subject's domain chooses its `enforcer_ca`, and it can be withdrawn: a chain
+    // verified through it is not remembered, so once it is gone the node is refused.
+    let f = foreign_fixture();
+    let d = Dpop::new();
+    for _ in 0..2 {
+        assert!(attest_fresh(&f, &d, &f.node).result.is_ok());
+    }
+    f.authorities.write().unwrap().foreign.clear();
+    let e = refusal(attest_fresh(&f, &d, &f.node));
+    assert!(
+        matches!(&e, ExchangeError::Evidence(EvidenceError::Invalid(m)) if m.contains("chain")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_foreign_enforcer_ca_vouches_only_through_enforcer_identities() {
+    // The domain's enforcer_ca may be its whole SPIRE CA: a workload SVID from it must
+    // not be able to sign evidence.
+    let f = foreign_fixture();
     let d = Dpop::new();
     let n = f.w.nonce();
     let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
