@@ -528,8 +528,7 @@ impl Jwk {
         if key.spki_bytes() != point {
             return Err(JwkError::PointNotOnCurve(curve.name()));
         }
-        ParsedPublicKey::new(curve.algorithm().verification(), point)
-            .map_err(|_| JwkError::PointNotOnCurve(curve.name()))?;
+        key.check()?;
         Ok(Self {
             key,
             kid: None,
@@ -844,6 +843,20 @@ mod tests {
         pinned["alg"] = json!("ES512");
         assert_eq!(
             Jwk::from_json(&pinned).err(),
+            Some(JwkError::PointNotOnCurve("P-256"))
+        );
+    }
+
+    /// A SEC1 point (an X.509 leaf's key) gets the same checks as a parsed JWK.
+    #[test]
+    fn from_ec_point_checks_the_point() {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair};
+        let key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let mut point = key.public_key().as_ref().to_vec();
+        assert!(Jwk::from_ec_point(&point).is_ok());
+        point[64] ^= 1;
+        assert_eq!(
+            Jwk::from_ec_point(&point).err(),
             Some(JwkError::PointNotOnCurve("P-256"))
         );
     }
