@@ -456,6 +456,32 @@ fn prepare(
     }
 }
 
+/// The machine's CPU time so far, in clock ticks: (steal, all). Steal is time the
+/// hypervisor gave this guest's virtual CPUs to someone else; on a shared host it comes and
+/// goes by the minute, and a phase that lost a quarter of its cores to it says little.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find_map(|l| l.strip_prefix("cpu ")) else {
+        return (0, 0);
+    };
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (f.get(7).copied().unwrap_or(0), f.iter().sum())
+}
+
+/// The share of the machine's CPU time stolen between two [`cpu_ticks`] readings.
+fn steal(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let all = after.1.saturating_sub(before.1);
+    if all == 0 {
+        return 0.0;
+    }
+    after.0.saturating_sub(before.0) as f64 / all as f64
+}
+
 /// CPU time a process has used, in nanoseconds: the sum over its threads of the first
 /// field of `schedstat` (time on a CPU). Threads that exited are not counted.
 fn cpu_ns(pid: u32) -> u64 {
@@ -491,6 +517,9 @@ struct Row {
     half_sorted: Vec<u32>,
     rss_idle: f64,
     rss_peak: f64,
+    /// Share of the machine's CPU the hypervisor took during the max-rate phase and during
+    /// the half-rate phase.
+    steal: (f64, f64),
     /// Cores the broker kept busy during the max-rate phase.
     broker_cores: f64,
     /// For `attested`: the ceiling measured just before and just after its max-rate
@@ -576,6 +605,7 @@ fn main() {
             let redis_pid = s.redis.as_ref().and_then(RedisServer::pid);
             let bracket = scenario == "attested";
             let ceiling_before = bracket.then(|| ceiling::measure(cores, CEILING_TIME));
+            let ticks_before = cpu_ticks();
             let cpu_before = [
                 cpu_ns(pid),
                 cpu_ns(std::process::id()),
@@ -595,6 +625,7 @@ fn main() {
                 cpu_ns(std::process::id()),
                 redis_pid.map_or(0, cpu_ns),
             ];
+            let max_steal = steal(ticks_before, cpu_ticks());
             let ceiling = ceiling_before.map(|b| (b, ceiling::measure(cores, CEILING_TIME)));
             let busy = |i: usize| {
                 cpu_after[i].saturating_sub(cpu_before[i]) as f64 / 1e9 / max.elapsed.as_secs_f64()
@@ -614,6 +645,7 @@ fn main() {
             let half_rate = max.rate() / 2.0;
             let n = (half_rate * a.duration.as_secs_f64()).ceil() as usize + 1;
             let pool = prepare(scenario, &s, n, a.duration, &rt, addr);
+            let ticks_before = cpu_ticks();
             let half = rt.block_on(load::run(
                 addr,
                 pool,
@@ -623,24 +655,27 @@ fn main() {
                 Duration::ZERO,
                 false,
             ));
+            let half_steal = steal(ticks_before, cpu_ticks());
             let (_, rss_peak) = rss(pid);
             let half_sorted = sorted(&half);
             let mut late = half.lateness.clone();
             late.sort_unstable();
             eprintln!(
-                "{backend}/{scenario}: half rate {half_rate:.0}/s: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; the generator's own lag behind its schedule: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                "{backend}/{scenario}: half rate {half_rate:.0}/s: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; the generator's own lag behind its schedule: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; CPU stolen by the host {:.0} %",
                 half.percentile(&half_sorted, 0.50),
                 half.percentile(&half_sorted, 0.90),
                 half.percentile(&half_sorted, 0.99),
                 half.percentile(&late, 0.50) * 1000.0,
                 half.percentile(&late, 0.99) * 1000.0,
                 half.percentile(&late, 1.0) * 1000.0,
+                half_steal * 100.0,
             );
             eprintln!(
-                "{backend}/{scenario}: {:.0} req/s (pool {} used, prepared in {:.1} s{cpu}{})",
+                "{backend}/{scenario}: {:.0} req/s (pool {} used, prepared in {:.1} s{cpu}; CPU stolen by the host {:.0} %{})",
                 max.rate(),
                 max.latencies.len(),
                 prep.as_secs_f64(),
+                max_steal * 100.0,
                 if max.exhausted {
                     "; it ran dry before the phase ended: the rate is over the time it lasted"
                 } else {
@@ -658,6 +693,7 @@ fn main() {
                 rss_peak,
                 broker_cores,
                 ceiling,
+                steal: (max_steal, half_steal),
             });
         }
     }
@@ -719,7 +755,7 @@ fn report(rows: &[Row], run_ceiling: f64, cores: usize) {
         let errors: u64 = r.max.errors.values().sum::<u64>() + r.half.errors.values().sum::<u64>();
         let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
         println!(
-            "{:<9} attested: ratio = {:.0}/s ÷ {ceiling:.0}/s = {ratio:.2} [{}]; p99 at half rate {p99_half:.2} ms [{}]; RSS idle {:.1} MiB [{}], peak {:.1} MiB [{}]; errors {errors} [{}]",
+            "{:<9} attested: ratio = {:.0}/s ÷ {ceiling:.0}/s = {ratio:.2} [{}]; p99 at half rate {p99_half:.2} ms [{}]; RSS idle {:.1} MiB [{}], peak {:.1} MiB [{}]; errors {errors} [{}]; CPU stolen by the host {:.0} % at max rate, {:.0} % at half",
             r.backend,
             r.max.rate(),
             verdict(ratio >= 0.70),
@@ -729,6 +765,8 @@ fn report(rows: &[Row], run_ceiling: f64, cores: usize) {
             r.rss_peak,
             verdict(r.rss_peak <= 150.0),
             verdict(errors == 0),
+            r.steal.0 * 100.0,
+            r.steal.1 * 100.0,
         );
     }
     // What the broker's own CPU buys, with the generator's share of the cores left out:
