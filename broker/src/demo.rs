@@ -180,8 +180,7 @@ require = {{ exe_sha256 = ["{hash}"], uid = [{uid}] }}
         std::fs::File::create(&audit_path).map_err(e)?,
     )));
     let _ = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
+        .event_format(crate::logging::FlatJson)
         .with_writer(move || audit.clone())
         .try_init();
     let admin = URL_SAFE_NO_PAD.encode(random::<24>()?);

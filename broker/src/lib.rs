@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod federated;
+pub mod logging;
 pub mod metrics;
 pub mod nodes;
 pub mod redis_state;

@@ -574,13 +574,15 @@ impl Jwk {
     /// RFC 9449 §6.1.
     pub fn thumbprint_sha256(&self) -> String {
         // RFC 7638 §3.1: no whitespace, members in lexicographic order. The member values
-        // are base64url or fixed names, so they need no JSON escaping.
-        let mut canonical = String::from("{");
-        for (i, (name, value)) in self.required_members().into_iter().enumerate() {
-            if i > 0 {
-                canonical.push(',');
-            }
-            canonical.push_str(&format!("\"{name}\":\"{value}\""));
+        // are base64url or fixed names, so they need no JSON escaping. One buffer, no
+        // `format!`: a DPoP key's thumbprint is taken on every request.
+        let mut canonical = String::with_capacity(160);
+        for (name, value) in self.required_members() {
+            canonical.push_str(if canonical.is_empty() { "{\"" } else { ",\"" });
+            canonical.push_str(name);
+            canonical.push_str("\":\"");
+            canonical.push_str(&value);
+            canonical.push('"');
         }
         canonical.push('}');
         URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
@@ -734,6 +736,37 @@ mod tests {
         );
         assert_eq!(jwk.key.rsa_bits(), Some(2048));
         assert_eq!(jwk.kid.as_ref().map(Kid::as_str), Some("2011-04-29"));
+    }
+
+    /// RFC 9449 §6.1: the `jkt` of the example proof key of §4.1.
+    #[test]
+    fn rfc9449_ec_thumbprint_vector() {
+        let jwk = Jwk::from_json(&json!({
+            "kty": "EC",
+            "x": "l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs",
+            "y": "9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA",
+            "crv": "P-256"
+        }))
+        .unwrap();
+        assert_eq!(
+            jwk.thumbprint_sha256(),
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+        );
+    }
+
+    /// RFC 8037 appendix A.3: the thumbprint of the Ed25519 example key.
+    #[test]
+    fn rfc8037_okp_thumbprint_vector() {
+        let jwk = Jwk::from_json(&json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        }))
+        .unwrap();
+        assert_eq!(
+            jwk.thumbprint_sha256(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
     }
 
     fn es256_jwk(key: &aws_lc_rs::signature::EcdsaKeyPair, kid: &str) -> Jwk {
