@@ -1,6 +1,7 @@
 //! The HTTP surface (SPEC §8) on actix-web: the token endpoint, nonces, metadata, keys,
 //! health. Handlers translate HTTP to the core's types and back; nothing is decided here.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -230,6 +231,30 @@ fn visible_ascii(bytes: &[u8]) -> Result<&str, ()> {
     std::str::from_utf8(bytes).map_err(|_| ())
 }
 
+/// The pairs of an `application/x-www-form-urlencoded` body, exactly as
+/// `form_urlencoded::parse` gives them. A pair with neither `+` nor `%` in it needs no
+/// decoding, and the body is known to be UTF-8, so it is borrowed as it is after one
+/// vectorisable look; the rest go through `form_urlencoded`. A subject token is most of
+/// an exchange's body and never has either (base64url and dots): byte at a time, five
+/// passes over it were 1 % of an attested exchange.
+fn parse_form(body: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let plain = !pair
+                .iter()
+                .fold(false, |seen, &b| seen | (b == b'+') | (b == b'%'));
+            match (plain, std::str::from_utf8(pair)) {
+                (true, Ok(text)) => {
+                    let (name, value) = text.split_once('=').unwrap_or((text, ""));
+                    Some((Cow::Borrowed(name), Cow::Borrowed(value)))
+                }
+                _ => form_urlencoded::parse(pair).next(),
+            }
+        })
+        .collect()
+}
+
 /// A request refused before it reached the core still gets its audit line.
 fn refuse_early(
     state: &AppState,
@@ -320,7 +345,7 @@ async fn token(
             &watch,
         );
     }
-    let form: Vec<_> = form_urlencoded::parse(&body).collect();
+    let form = parse_form(&body);
     let (Ok(dpop), Ok(evidence)) = (
         header_values(req.headers(), "DPoP"),
         header_values(req.headers(), "Runtime-Attestation"),
@@ -506,5 +531,50 @@ mod tests {
             }
         }
         assert_eq!(visible_ascii(b""), Ok(""));
+    }
+
+    proptest::proptest! {
+        /// `parse_form` is `form_urlencoded::parse`, pair for pair, on bodies made of the
+        /// characters that matter to it (separators, `+`, `%` with and without hex,
+        /// multibyte text, bytes that are not UTF-8).
+        #[test]
+        fn parse_form_is_form_urlencoded(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "&", "=", "+", "%", "%2", "%3A", "%2B", "%zz", "%C3%A9", "%FF", "a", "Z",
+                    "0", "-", "_", ".", "~", "é", "✓", " ", "eyJhbGciOiJFUzI1NiJ9",
+                ]),
+                0..40,
+            ),
+            raw in proptest::option::of(proptest::sample::select(vec![0xffu8, 0xc3, 0x80])),
+        ) {
+            let mut body = parts.concat().into_bytes();
+            if let Some(b) = raw {
+                body.insert(body.len() / 2, b);
+            }
+            let ours = parse_form(&body);
+            let theirs: Vec<_> = form_urlencoded::parse(&body).collect();
+            proptest::prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn parse_form_borrows_plain_pairs_and_decodes_the_rest() {
+        let body = b"subject_token=eyJ.e30.sig&&grant_type=urn%3Aietf&scope=a+b&flag&=v&k=v=w";
+        let form = parse_form(body);
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("subject_token", "eyJ.e30.sig"),
+                ("grant_type", "urn:ietf"),
+                ("scope", "a b"),
+                ("flag", ""),
+                ("", "v"),
+                ("k", "v=w"),
+            ]
+        );
+        assert!(matches!(form[0].1, Cow::Borrowed(_)));
+        assert!(matches!(form[1].1, Cow::Owned(_)));
     }
 }
