@@ -11,6 +11,7 @@ use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -38,19 +39,18 @@ where
         writer.write_char('"')?;
         let mut fields = Fields {
             out: &mut writer,
-            log_target: None,
             result: Ok(()),
         };
         event.record(&mut fields);
-        let Fields {
-            log_target, result, ..
-        } = fields;
-        result?;
+        fields.result?;
         writer.write_str(",\"target\":")?;
-        // A `log` record bridged into tracing names its own target in a field (what
-        // `tracing_log::NormalizeEvent` reads).
-        let target = log_target.unwrap_or_else(|| event.metadata().target().to_owned());
-        string(&mut writer, &target)?;
+        // A record bridged from the `log` crate carries its own target in a field; only
+        // such a record (known by its callsite, not by the field's name) is filed under it.
+        let normalized = event.normalized_metadata();
+        let target = normalized
+            .as_ref()
+            .map_or_else(|| event.metadata().target(), |m| m.target());
+        string(&mut writer, target)?;
         writer.write_str("}\n")
     }
 }
@@ -58,7 +58,6 @@ where
 /// Writes each field as `,"name":value`.
 struct Fields<'a, 'w> {
     out: &'a mut Writer<'w>,
-    log_target: Option<String>,
     result: fmt::Result,
 }
 
@@ -77,9 +76,6 @@ impl Fields<'_, '_> {
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "log.target" {
-            self.log_target = Some(value.to_owned());
-        }
         self.entry(field, |w| string(w, value));
     }
 
@@ -283,16 +279,26 @@ mod tests {
 
     #[test]
     fn a_bridged_log_record_is_filed_under_its_own_target() {
-        let ours = Buffer::default();
-        let sub = tracing_subscriber::fmt()
-            .event_format(FlatJson)
-            .with_writer(ours.clone())
-            .finish();
-        tracing::subscriber::with_default(sub, || {
-            tracing::info!(log.target = "rustls::server", "from log");
+        let (theirs, ours) = both(|| {
+            let record = log::Record::builder()
+                .target("rustls::server")
+                .level(log::Level::Warn)
+                .args(format_args!("from log"))
+                .module_path_static(Some("rustls::server::hs"))
+                .file_static(Some("hs.rs"))
+                .line(Some(7))
+                .build();
+            tracing_log::format_trace(&record).unwrap();
+            // A field of that name on a native event is only a field.
+            tracing::info!(target: "broker", { log.target = "audit" }, "native");
         });
-        let line: Value = serde_json::from_str(&ours.lines()[0]).unwrap();
-        assert_eq!(line["target"], "rustls::server");
-        assert_eq!(line["log.target"], "rustls::server");
+        assert_eq!(theirs.len(), 2, "{theirs:?}");
+        for (t, o) in theirs.iter().zip(&ours) {
+            assert_eq!(shape(o), shape(t), "\nours:   {o}\ntheirs: {t}");
+        }
+        let bridged: Value = serde_json::from_str(&ours[0]).unwrap();
+        assert_eq!(bridged["target"], "rustls::server");
+        let native: Value = serde_json::from_str(&ours[1]).unwrap();
+        assert_eq!(native["target"], "broker");
     }
 }
