@@ -55,6 +55,18 @@ impl Outcome {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// Adds a later run's answers to this one's (its time too).
+    pub fn absorb(&mut self, other: Outcome) {
+        self.latencies.extend(other.latencies);
+        self.lateness.extend(other.lateness);
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        self.bodies.extend(other.bodies);
+        self.elapsed += other.elapsed;
+        self.exhausted |= other.exhausted;
+    }
+
     pub fn percentile(&self, sorted: &[u32], p: f64) -> f64 {
         if sorted.is_empty() {
             return 0.0;

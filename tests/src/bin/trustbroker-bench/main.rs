@@ -309,12 +309,12 @@ fn host(s: &Setup) -> String {
 
 /// How long attested requests may take to prepare. Their nonces and proofs are good for
 /// 60 s (the nonce TTL, the DPoP `iat` window, the evidence age); the last of them is
-/// sent after this budget, a ceiling measurement and the phase itself. On a slow day the
+/// sent after this budget, the ceiling measurements and the phase itself. On a slow day the
 /// pool is smaller than asked and the phase may run dry (which the report says); without
 /// the budget, a pool that took 52 s to prepare answered 1 913 of its requests with
 /// `invalid_dpop_proof` and `use_fresh_attestation`.
 fn attested_budget(phase: Duration) -> Duration {
-    let spent = phase + CEILING_TIME + Duration::from_secs(8);
+    let spent = phase + CEILING_SLICE * (slices(phase) as u32 + 1) + Duration::from_secs(8);
     let budget = Duration::from_secs(60).saturating_sub(spent);
     assert!(
         budget >= Duration::from_secs(5),
@@ -522,22 +522,51 @@ struct Row {
     steal: (f64, f64),
     /// Cores the broker kept busy during the max-rate phase.
     broker_cores: f64,
-    /// For `attested`: the ceiling measured just before and just after its max-rate
-    /// phase, so the ratio compares two rates of the same minutes.
-    ceiling: Option<(f64, f64)>,
+    /// For `attested`: the ceiling measured before each slice of its max-rate phase and
+    /// after the last, so the ratio compares rates of the same seconds.
+    ceiling: Option<Vec<f64>>,
 }
 
 impl Row {
-    /// What this row's ratio is taken against: the higher of its own two measurements
-    /// (the ratio errs low, never high).
+    /// What this row's ratio is taken against: the mean of its own measurements, taken
+    /// between the slices of its phase, or else the run's.
     fn ceiling(&self, run: f64) -> f64 {
-        self.ceiling
-            .map_or(run, |(before, after)| before.max(after))
+        match &self.ceiling {
+            Some(c) if !c.is_empty() => c.iter().sum::<f64>() / c.len() as f64,
+            _ => run,
+        }
     }
 }
 
-/// How long each ceiling measurement lasts.
+/// How many slices an attested max-rate phase runs in: one per second, at most five.
+///
+/// A shared machine's speed moves by the second. On 2026-12-03 the ceiling measured just
+/// before one phase was 10 766/s and just after it 8 376/s, with no CPU stolen by the host
+/// either time; a ratio against either end said more about the neighbours than about the
+/// broker. Interleaved, the ceiling is sampled in the same seconds as the load, and the
+/// report prints its spread.
+fn slices(phase: Duration) -> usize {
+    (phase.as_secs_f64().round() as usize).clamp(1, 5)
+}
+
+/// `pool` cut into `n` runs of (about) equal length, oldest first.
+fn split(pool: Vec<Prepared>, n: usize) -> Vec<Vec<Prepared>> {
+    let per = pool.len().div_ceil(n.max(1)).max(1);
+    let mut out: Vec<Vec<Prepared>> = Vec::with_capacity(n);
+    for p in pool {
+        match out.last_mut() {
+            Some(last) if last.len() < per => last.push(p),
+            _ => out.push(vec![p]),
+        }
+    }
+    out.resize_with(n.max(1), Vec::new);
+    out
+}
+
+/// How long the run's own ceiling measurements last (at its start and end).
 const CEILING_TIME: Duration = Duration::from_secs(2);
+/// How long each ceiling measurement between the slices of an attested phase lasts.
+const CEILING_SLICE: Duration = Duration::from_secs(1);
 
 fn sorted(o: &Outcome) -> Vec<u32> {
     let mut v = o.latencies.clone();
@@ -603,33 +632,55 @@ fn main() {
             // A line to attach a profiler by: `perf record -p PID` for the next seconds.
             eprintln!("{backend}/{scenario}: timed phase starts, broker pid {pid}");
             let redis_pid = s.redis.as_ref().and_then(RedisServer::pid);
+            // Attested: the phase runs in slices with a ceiling measurement before each and
+            // after the last, so that the ratio compares rates of the same seconds (see
+            // `slices`).
             let bracket = scenario == "attested";
-            let ceiling_before = bracket.then(|| ceiling::measure(cores, CEILING_TIME));
-            let ticks_before = cpu_ticks();
-            let cpu_before = [
-                cpu_ns(pid),
-                cpu_ns(std::process::id()),
-                redis_pid.map_or(0, cpu_ns),
-            ];
-            let max = rt.block_on(load::run(
-                addr,
-                pool,
-                a.connections,
-                a.duration,
-                None,
-                a.tick,
-                false,
-            ));
-            let cpu_after = [
-                cpu_ns(pid),
-                cpu_ns(std::process::id()),
-                redis_pid.map_or(0, cpu_ns),
-            ];
-            let max_steal = steal(ticks_before, cpu_ticks());
-            let ceiling = ceiling_before.map(|b| (b, ceiling::measure(cores, CEILING_TIME)));
-            let busy = |i: usize| {
-                cpu_after[i].saturating_sub(cpu_before[i]) as f64 / 1e9 / max.elapsed.as_secs_f64()
-            };
+            let n_slices = if bracket { slices(a.duration) } else { 1 };
+            let slice = a.duration / n_slices as u32;
+            let mut ceilings = Vec::new();
+            let mut max = Outcome::default();
+            let mut cpu_used = [0u64; 3];
+            let mut ticks = (0u64, 0u64);
+            for part in split(pool, n_slices) {
+                if bracket {
+                    ceilings.push(ceiling::measure(cores, CEILING_SLICE));
+                }
+                let ticks_before = cpu_ticks();
+                let cpu_before = [
+                    cpu_ns(pid),
+                    cpu_ns(std::process::id()),
+                    redis_pid.map_or(0, cpu_ns),
+                ];
+                let o = rt.block_on(load::run(
+                    addr,
+                    part,
+                    a.connections,
+                    slice,
+                    None,
+                    a.tick,
+                    false,
+                ));
+                let cpu_after = [
+                    cpu_ns(pid),
+                    cpu_ns(std::process::id()),
+                    redis_pid.map_or(0, cpu_ns),
+                ];
+                let ticks_after = cpu_ticks();
+                for i in 0..3 {
+                    cpu_used[i] += cpu_after[i].saturating_sub(cpu_before[i]);
+                }
+                ticks.0 += ticks_after.0.saturating_sub(ticks_before.0);
+                ticks.1 += ticks_after.1.saturating_sub(ticks_before.1);
+                max.absorb(o);
+            }
+            if bracket {
+                ceilings.push(ceiling::measure(cores, CEILING_SLICE));
+            }
+            let max_steal = steal((0, 0), ticks);
+            let ceiling = bracket.then_some(ceilings);
+            let busy =
+                |i: usize| cpu_used[i] as f64 / 1e9 / max.elapsed.as_secs_f64().max(f64::EPSILON);
             let broker_cores = busy(0);
             let cpu = format!(
                 "; cores busy: broker {:.2}, load generator {:.2}{}",
@@ -744,10 +795,16 @@ fn report(rows: &[Row], run_ceiling: f64, cores: usize) {
     println!("\ncrypto ceiling of the run: {run_ceiling:.0}/s");
     for r in rows.iter().filter(|r| r.scenario == "attested") {
         let ceiling = r.ceiling(run_ceiling);
-        if let Some((before, after)) = r.ceiling {
+        if let Some(c) = &r.ceiling {
+            let list: Vec<String> = c.iter().map(|v| format!("{v:.0}")).collect();
+            let (lo, hi) = c
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
             println!(
-                "{:<9} attested: crypto ceiling {before:.0}/s just before its max-rate phase, {after:.0}/s just after",
-                r.backend
+                "{:<9} attested: crypto ceiling between the slices of its max-rate phase {}/s: mean {ceiling:.0}/s, spread {:.0} %",
+                r.backend,
+                list.join(", "),
+                (hi - lo) / ceiling * 100.0,
             );
         }
         let ratio = r.max.rate() / ceiling;
