@@ -749,8 +749,8 @@ fn main() {
         }
     }
     // Measured again after the load: the machine is shared, and the higher of the two is
-    // the run's ceiling (the ratio errs low, never high). Each attested row is judged
-    // against its own pair, measured minutes nearer its load.
+    // the run's ceiling, shown for reference. Each attested row is judged against the
+    // ceilings measured between the slices of its own phase.
     let after = ceiling::measure(cores, CEILING_TIME);
     println!("\ncrypto ceiling again after the load: {after:.0} exchanges/s");
     report(&rows, before.max(after), cores);
