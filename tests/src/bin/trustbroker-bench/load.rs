@@ -39,7 +39,9 @@ pub struct Outcome {
     /// Microseconds, from intended start to the last byte of the answer.
     pub latencies: Vec<u32>,
     /// Open loop: microseconds from each request's intended start to its first byte
-    /// written. The generator's own lag, inside every latency above.
+    /// written, inside every latency above: the generator's own lag, and the wait for a
+    /// free connection when all of them have a request in flight. A broker stall of
+    /// `connections / rate` seconds or more shows here too, not only the generator's.
     pub lateness: Vec<u32>,
     /// `status error` → count, for every answer but 200.
     pub errors: BTreeMap<String, u64>,

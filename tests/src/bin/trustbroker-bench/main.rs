@@ -712,7 +712,7 @@ fn main() {
             let mut late = half.lateness.clone();
             late.sort_unstable();
             eprintln!(
-                "{backend}/{scenario}: half rate {half_rate:.0}/s: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; the generator's own lag behind its schedule: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; CPU stolen by the host {:.0} %",
+                "{backend}/{scenario}: half rate {half_rate:.0}/s: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; wait before sending (the generator's lag, or every connection busy): p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; CPU stolen by the host {:.0} %",
                 half.percentile(&half_sorted, 0.50),
                 half.percentile(&half_sorted, 0.90),
                 half.percentile(&half_sorted, 0.99),
