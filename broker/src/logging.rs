@@ -4,8 +4,9 @@
 //! The output is that of `tracing_subscriber`'s JSON format with `flatten_event(true)`:
 //! `timestamp`, `level`, the event's fields in the order they were recorded, `target`.
 //! That format collects each line through a `serde_json` serializer over an adaptor that
-//! checks every fragment for UTF-8 again; an audit line a request cost about 5 µs there,
-//! the largest piece of an attested exchange outside its cryptography and the kernel.
+//! checks every fragment for UTF-8 again: an audit line cost about 5 µs of every request
+//! there, one of the largest pieces of an attested exchange outside its cryptography and
+//! the kernel (25 900 instructions; 14 900 here).
 
 use std::fmt::{self, Write as _};
 
