@@ -152,6 +152,31 @@ async fn a_mark_raced_by_fifty_callers_is_first_once(s: Stores) {
     assert_eq!(firsts, 1);
 }
 
+/// A mark lapsed on the caller's clock but not yet reclaimed by the backend (Redis keeps
+/// it until its own clock passes the expiry): fifty callers race to mark it again.
+async fn a_lapsed_mark_raced_by_fifty_callers_is_retaken_once(s: Stores) {
+    let n = t0();
+    // (On some backends the two are one store: distinct keys keep the cases apart.)
+    for (store, k) in [(&s.replay, "dpop:lapsed"), (&s.single_use, "sub:lapsed")] {
+        assert!(store.check_and_mark(k, t(n + 30), t(n)).await.unwrap());
+        let firsts = futures_util::future::join_all(
+            (0..50).map(|_| store.check_and_mark(k, t(n + 300), t(n + 30))),
+        )
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+        assert_eq!(firsts, 1);
+        // Retaken until its new expiry.
+        assert!(
+            !store
+                .check_and_mark(k, t(n + 400), t(n + 299))
+                .await
+                .unwrap()
+        );
+    }
+}
+
 async fn revocations_keep_the_latest_time_until_they_lapse(s: Stores) {
     let n = t0();
     let r = &s.revocations;
@@ -210,6 +235,14 @@ macro_rules! contract {
             fn a_mark_raced_by_fifty_callers_is_first_once() {
                 run(async {
                     super::a_mark_raced_by_fifty_callers_is_first_once($backend().await).await
+                })
+            }
+
+            #[test]
+            fn a_lapsed_mark_raced_by_fifty_callers_is_retaken_once() {
+                run(async {
+                    super::a_lapsed_mark_raced_by_fifty_callers_is_retaken_once($backend().await)
+                        .await
                 })
             }
 

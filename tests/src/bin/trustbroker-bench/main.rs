@@ -19,6 +19,7 @@
 mod ceiling;
 mod load;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -456,30 +457,149 @@ fn prepare(
     }
 }
 
-/// The machine's CPU time so far, in clock ticks: (steal, all). Steal is time the
-/// hypervisor gave this guest's virtual CPUs to someone else; on a shared host it comes and
-/// goes by the minute, and a phase that lost a quarter of its cores to it says little.
-fn cpu_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(cpu) = stat.lines().find_map(|l| l.strip_prefix("cpu ")) else {
-        return (0, 0);
-    };
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
-    let f: Vec<u64> = cpu
-        .split_whitespace()
-        .take(8)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    (f.get(7).copied().unwrap_or(0), f.iter().sum())
+/// The machine's CPU time, in clock ticks, so far or between two readings.
+#[derive(Clone, Copy, Default)]
+struct Ticks {
+    /// Time the hypervisor gave this guest's virtual CPUs to someone else; on a shared host
+    /// it comes and goes by the minute, and a phase that lost a quarter of its cores to it
+    /// says little.
+    steal: u64,
+    /// All of it, idle and waiting for I/O included.
+    all: u64,
 }
 
-/// The share of the machine's CPU time stolen between two [`cpu_ticks`] readings.
-fn steal(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let all = after.1.saturating_sub(before.1);
-    if all == 0 {
-        return 0.0;
+impl Ticks {
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let Some(cpu) = stat.lines().find_map(|l| l.strip_prefix("cpu ")) else {
+            return Self::default();
+        };
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let f: Vec<u64> = cpu
+            .split_whitespace()
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        Self {
+            steal: at(7),
+            all: f.iter().sum(),
+        }
     }
-    after.0.saturating_sub(before.0) as f64 / all as f64
+
+    /// What passed since `before`.
+    fn since(self, before: Self) -> Self {
+        Self {
+            steal: self.steal.saturating_sub(before.steal),
+            all: self.all.saturating_sub(before.all),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.steal += other.steal;
+        self.all += other.all;
+    }
+
+    /// The share of the machine's CPU time that was stolen.
+    fn steal_share(self) -> f64 {
+        self.steal as f64 / self.all.max(1) as f64
+    }
+}
+
+/// What the broker, this load generator and redis-server (in that order) and the machine as
+/// a whole did with the CPU over one or more stretches of time.
+#[derive(Default)]
+struct Usage {
+    ns: [u64; 3],
+    /// CPU time of every other process, by name.
+    others: HashMap<String, u64>,
+    ticks: Ticks,
+    wall: Duration,
+}
+
+impl Usage {
+    /// Cores kept busy by the `i`-th process.
+    fn cores(&self, i: usize) -> f64 {
+        self.ns[i] as f64 / 1e9 / self.wall.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// Cores kept busy by every other process on the machine: other services, the kernel's
+    /// own threads. A neighbour inside the guest takes cores from the broker as surely as
+    /// the hypervisor's steal does.
+    fn others(&self) -> f64 {
+        self.others.values().sum::<u64>() as f64 / 1e9 / self.wall.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// The three other processes that used the most, as "name cores".
+    fn busiest(&self) -> String {
+        let mut used: Vec<(&String, &u64)> = self.others.iter().collect();
+        used.sort_unstable_by(|a, b| b.1.cmp(a.1));
+        used.iter()
+            .take(3)
+            .map(|(name, ns)| {
+                format!(
+                    "{name} {:.3}",
+                    **ns as f64 / 1e9 / self.wall.as_secs_f64().max(f64::EPSILON)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// CPU time so far of every process on the machine, kernel threads included: name and
+/// nanoseconds, by PID.
+fn all_processes() -> HashMap<u32, (String, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            Some((pid, (comm.trim().to_owned(), cpu_ns(pid))))
+        })
+        .collect()
+}
+
+/// A stretch of time being measured into a [`Usage`].
+struct Meter {
+    pids: [Option<u32>; 3],
+    ns: [u64; 3],
+    procs: HashMap<u32, (String, u64)>,
+    ticks: Ticks,
+    start: Instant,
+}
+
+impl Meter {
+    fn start(pids: [Option<u32>; 3]) -> Self {
+        Self {
+            pids,
+            procs: all_processes(),
+            ns: pids.map(|p| p.map_or(0, cpu_ns)),
+            ticks: Ticks::now(),
+            start: Instant::now(),
+        }
+    }
+
+    fn stop(self, into: &mut Usage) {
+        let ns = self.pids.map(|p| p.map_or(0, cpu_ns));
+        for (i, n) in ns.iter().enumerate() {
+            into.ns[i] += n.saturating_sub(self.ns[i]);
+        }
+        into.ticks.add(Ticks::now().since(self.ticks));
+        into.wall += self.start.elapsed();
+        for (pid, (name, ns)) in all_processes() {
+            if self.pids.contains(&Some(pid)) {
+                continue;
+            }
+            let was = self.procs.get(&pid).map_or(0, |(_, b)| *b);
+            let used = ns.saturating_sub(was);
+            if used > 0 {
+                *into.others.entry(name).or_default() += used;
+            }
+        }
+    }
 }
 
 /// CPU time a process has used, in nanoseconds: the sum over its threads of the first
@@ -520,6 +640,8 @@ struct Row {
     /// Share of the machine's CPU the hypervisor took during the max-rate phase and during
     /// the half-rate phase.
     steal: (f64, f64),
+    /// Cores other processes on the machine kept busy during the two phases.
+    others: (f64, f64),
     /// Cores the broker kept busy during the max-rate phase.
     broker_cores: f64,
     /// For `attested`: the ceiling measured before each slice of its max-rate phase and
@@ -640,18 +762,13 @@ fn main() {
             let slice = a.duration / n_slices as u32;
             let mut ceilings = Vec::new();
             let mut max = Outcome::default();
-            let mut cpu_used = [0u64; 3];
-            let mut ticks = (0u64, 0u64);
+            let pids = [Some(pid), Some(std::process::id()), redis_pid];
+            let mut used = Usage::default();
             for part in split(pool, n_slices) {
                 if bracket {
                     ceilings.push(ceiling::measure(cores, CEILING_SLICE));
                 }
-                let ticks_before = cpu_ticks();
-                let cpu_before = [
-                    cpu_ns(pid),
-                    cpu_ns(std::process::id()),
-                    redis_pid.map_or(0, cpu_ns),
-                ];
+                let meter = Meter::start(pids);
                 let o = rt.block_on(load::run(
                     addr,
                     part,
@@ -661,42 +778,35 @@ fn main() {
                     a.tick,
                     false,
                 ));
-                let cpu_after = [
-                    cpu_ns(pid),
-                    cpu_ns(std::process::id()),
-                    redis_pid.map_or(0, cpu_ns),
-                ];
-                let ticks_after = cpu_ticks();
-                for i in 0..3 {
-                    cpu_used[i] += cpu_after[i].saturating_sub(cpu_before[i]);
-                }
-                ticks.0 += ticks_after.0.saturating_sub(ticks_before.0);
-                ticks.1 += ticks_after.1.saturating_sub(ticks_before.1);
+                meter.stop(&mut used);
                 max.absorb(o);
             }
             if bracket {
                 ceilings.push(ceiling::measure(cores, CEILING_SLICE));
             }
-            let max_steal = steal((0, 0), ticks);
+            let max_steal = used.ticks.steal_share();
             let ceiling = bracket.then_some(ceilings);
-            let busy =
-                |i: usize| cpu_used[i] as f64 / 1e9 / max.elapsed.as_secs_f64().max(f64::EPSILON);
-            let broker_cores = busy(0);
-            let cpu = format!(
-                "; cores busy: broker {:.2}, load generator {:.2}{}",
-                busy(0),
-                busy(1),
-                if redis_pid.is_some() {
-                    format!(", redis-server {:.2}", busy(2))
-                } else {
-                    String::new()
-                }
-            );
+            let broker_cores = used.cores(0);
+            let busy = |u: &Usage| {
+                format!(
+                    "cores busy: broker {:.2}, load generator {:.2}{}, other processes {:.2}",
+                    u.cores(0),
+                    u.cores(1),
+                    if redis_pid.is_some() {
+                        format!(", redis-server {:.2}", u.cores(2))
+                    } else {
+                        String::new()
+                    },
+                    u.others(),
+                )
+            };
+            let cpu = format!("; {}", busy(&used));
             // Half that rate: open loop, latency from the schedule.
             let half_rate = max.rate() / 2.0;
             let n = (half_rate * a.duration.as_secs_f64()).ceil() as usize + 1;
             let pool = prepare(scenario, &s, n, a.duration, &rt, addr);
-            let ticks_before = cpu_ticks();
+            eprintln!("{backend}/{scenario}: half-rate phase starts");
+            let meter = Meter::start(pids);
             let half = rt.block_on(load::run(
                 addr,
                 pool,
@@ -706,19 +816,23 @@ fn main() {
                 Duration::ZERO,
                 false,
             ));
-            let half_steal = steal(ticks_before, cpu_ticks());
+            let mut half_used = Usage::default();
+            meter.stop(&mut half_used);
+            let half_steal = half_used.ticks.steal_share();
             let (_, rss_peak) = rss(pid);
             let half_sorted = sorted(&half);
             let mut late = half.lateness.clone();
             late.sort_unstable();
             eprintln!(
-                "{backend}/{scenario}: half rate {half_rate:.0}/s: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; wait before sending (the generator's lag, or every connection busy): p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; CPU stolen by the host {:.0} %",
+                "{backend}/{scenario}: half rate {half_rate:.0}/s: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; wait before sending (the generator's lag, or every connection busy): p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; {} (the busiest: {}); CPU stolen by the host {:.0} %",
                 half.percentile(&half_sorted, 0.50),
                 half.percentile(&half_sorted, 0.90),
                 half.percentile(&half_sorted, 0.99),
                 half.percentile(&late, 0.50) * 1000.0,
                 half.percentile(&late, 0.99) * 1000.0,
                 half.percentile(&late, 1.0) * 1000.0,
+                busy(&half_used),
+                half_used.busiest(),
                 half_steal * 100.0,
             );
             eprintln!(
@@ -745,6 +859,7 @@ fn main() {
                 broker_cores,
                 ceiling,
                 steal: (max_steal, half_steal),
+                others: (used.others(), half_used.others()),
             });
         }
     }
@@ -812,7 +927,7 @@ fn report(rows: &[Row], run_ceiling: f64, cores: usize) {
         let errors: u64 = r.max.errors.values().sum::<u64>() + r.half.errors.values().sum::<u64>();
         let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
         println!(
-            "{:<9} attested: ratio = {:.0}/s ÷ {ceiling:.0}/s = {ratio:.2} [{}]; p99 at half rate {p99_half:.2} ms [{}]; RSS idle {:.1} MiB [{}], peak {:.1} MiB [{}]; errors {errors} [{}]; CPU stolen by the host {:.0} % at max rate, {:.0} % at half",
+            "{:<9} attested: ratio = {:.0}/s ÷ {ceiling:.0}/s = {ratio:.2} [{}]; p99 at half rate {p99_half:.2} ms [{}]; RSS idle {:.1} MiB [{}], peak {:.1} MiB [{}]; errors {errors} [{}]; CPU stolen by the host {:.0} % at max rate, {:.0} % at half; other processes {:.2} cores at max rate, {:.2} at half",
             r.backend,
             r.max.rate(),
             verdict(ratio >= 0.70),
@@ -824,6 +939,8 @@ fn report(rows: &[Row], run_ceiling: f64, cores: usize) {
             verdict(errors == 0),
             r.steal.0 * 100.0,
             r.steal.1 * 100.0,
+            r.others.0,
+            r.others.1,
         );
     }
     // What the broker's own CPU buys, with the generator's share of the cores left out:
