@@ -3,7 +3,8 @@
 //! Every operation is one round trip: nonces are consumed with `GETDEL`, single-use and
 //! replay markers are `SET NX GET` with an expiry at the marked thing's `exp`, revocations
 //! are read with one `MGET`, and compare-and-set updates run as Lua scripts. `SET` with
-//! both `NX` and `GET` needs Redis 7.0; [`RedisState::connect`] says so if it is older. Keys that
+//! both `NX` and `GET` needs Redis 7.0; [`RedisState::connect`] tries it, and names the
+//! version if it is older. Keys that
 //! must change together share a hash tag so they live in one cluster slot. Signing keys
 //! and the node CA key are sealed with AES-256-GCM under a key from the environment.
 //!
@@ -317,6 +318,14 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
+/// One command on `conn`, within [`OP_TIMEOUT`].
+async fn query_on<T: FromRedisValue>(conn: &mut Conn, cmd: &Cmd) -> Result<T, StoreError> {
+    tokio::time::timeout(OP_TIMEOUT, cmd.query_async(conn))
+        .await
+        .map_err(|_| StoreError::Db("redis: timed out".into()))?
+        .map_err(redis_err)
+}
+
 fn redis_err(e: redis::RedisError) -> StoreError {
     StoreError::Db(format!("redis: {e}"))
 }
@@ -376,35 +385,55 @@ impl RedisState {
             sealer: Sealer::new(key)?,
             url: url.to_owned(),
         };
-        state.check_version().await?;
+        state.check_server().await?;
         Ok(state)
     }
 
-    /// Refuses a server older than Redis 7.0, whose `SET` takes `NX` or `GET` but not both:
-    /// every DPoP proof would be refused with 503, one syntax error at a time. A server
-    /// that will not say its version (`INFO` renamed away) is let through.
-    async fn check_version(&self) -> Result<(), StoreError> {
+    /// Refuses a server that cannot hold replay marks: one older than Redis 7.0, whose `SET`
+    /// takes `NX` or `GET` but not both (every DPoP proof would be refused with 503, one
+    /// syntax error at a time), and any server or proxy that does not answer `SET NX GET`
+    /// with the value it kept (every replay would pass). The version is read from `INFO`
+    /// for a clear message; the behaviour is tried on a key of its own.
+    async fn check_server(&self) -> Result<(), StoreError> {
         // On the shared connection: this thread's own is for the requests it will serve.
         let mut conn = self.conn.clone();
-        let info = tokio::time::timeout(
-            OP_TIMEOUT,
-            redis::cmd("INFO")
-                .arg("server")
-                .query_async::<Value>(&mut conn),
-        )
-        .await;
-        let Ok(Ok(info)) = info else {
-            tracing::debug!(redis = %redact_url(&self.url), "INFO is not answered; the server's version is not checked");
-            return Ok(());
-        };
-        let mut texts = Vec::new();
-        collect_text(&info, &mut texts);
-        for text in texts {
-            if let Some(version) = too_old(&text) {
-                return Err(StoreError::Db(format!(
-                    "redis: the server is Redis {version}; trustbroker needs Redis 7.0 or later"
-                )));
+        match query_on::<Value>(&mut conn, redis::cmd("INFO").arg("server")).await {
+            Ok(info) => {
+                let mut texts = Vec::new();
+                collect_text(&info, &mut texts);
+                for text in texts {
+                    if let Some(version) = too_old(&text) {
+                        return Err(StoreError::Db(format!(
+                            "redis: the server is Redis {version}; trustbroker needs Redis 7.0 or later"
+                        )));
+                    }
+                }
             }
+            Err(e) => {
+                tracing::debug!(redis = %redact_url(&self.url), error = %e, "INFO is not answered; the server's version is not read");
+            }
+        }
+        let id: [u8; 16] = aws_lc_rs::rand::generate(&aws_lc_rs::rand::SystemRandom::new())
+            .map_err(|_| StoreError::Db("no randomness for the probe key".into()))?
+            .expose();
+        let probe = format!("tb:probe:{}", URL_SAFE_NO_PAD.encode(id));
+        let set = |value: &'static str| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&probe)
+                .arg(value)
+                .arg("EX")
+                .arg(60)
+                .arg("NX")
+                .arg("GET");
+            cmd
+        };
+        let first: Option<String> = query_on(&mut conn, &set("1")).await?;
+        let second: Option<String> = query_on(&mut conn, &set("2")).await?;
+        let _: Result<i64, _> = query_on(&mut conn, redis::cmd("DEL").arg(&probe)).await;
+        if first.is_some() || second.as_deref() != Some("1") {
+            return Err(StoreError::Db(format!(
+                "redis: `SET … NX GET` answered {first:?} then {second:?} instead of nothing then \"1\"; replay marks would not hold on this server"
+            )));
         }
         Ok(())
     }
@@ -423,11 +452,7 @@ impl RedisState {
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn();
-        tokio::time::timeout(OP_TIMEOUT, cmd.query_async(&mut conn))
-            .await
-            .map_err(|_| StoreError::Db("redis: timed out".into()))?
-            .map_err(redis_err)
+        query_on(&mut self.conn(), cmd).await
     }
 
     async fn script<T: FromRedisValue>(

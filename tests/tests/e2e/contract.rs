@@ -666,3 +666,70 @@ fn with_redis_down_a_thread_tries_its_own_connection_once_per_wait() {
         );
     })
 }
+
+/// A server on loopback that speaks enough RESP to be connected to: it reports
+/// `redis_version` as `version` and answers every `SET` with nil, as a proxy or an old
+/// server that ignores `GET` would. Everything else is `+OK`.
+fn fake_redis(version: &'static str) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut lines = BufReader::new(stream).lines();
+                // Each command is an array: "*N", then "$len" and the argument, N times.
+                while let Some(Ok(head)) = lines.next() {
+                    let n: usize = head.trim_start_matches('*').parse().unwrap_or(0);
+                    let mut args = Vec::new();
+                    for _ in 0..n {
+                        let _len = lines.next();
+                        args.push(lines.next().and_then(Result::ok).unwrap_or_default());
+                    }
+                    let reply = match args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
+                        Some("INFO") => {
+                            let text = format!("# Server\r\nredis_version:{version}\r\n");
+                            format!("${}\r\n{text}\r\n", text.len())
+                        }
+                        Some("SET") => "$-1\r\n".to_owned(),
+                        _ => "+OK\r\n".to_owned(),
+                    };
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_server_that_cannot_hold_replay_marks_is_refused_at_start() {
+    run(async {
+        let open = |url: String| async move {
+            Backend::open(&StateConfig::Redis {
+                url,
+                key: StateKey([9; 32]),
+            })
+            .await
+        };
+        let fake = |version| format!("redis://127.0.0.1:{}", fake_redis(version));
+        // Older than 7.0: named by its version.
+        let Err(e) = open(fake("6.2.14")).await else {
+            panic!("Redis 6.2 accepted");
+        };
+        assert!(e.to_string().contains("Redis 6.2.14"), "{e}");
+        assert!(e.to_string().contains("7.0 or later"), "{e}");
+        // A 7.x that does not answer `SET NX GET` with what it kept: every replay would
+        // pass, so it is refused by what it does, whatever its version says.
+        let Err(e) = open(fake("7.2.4")).await else {
+            panic!("a server that forgets marks accepted");
+        };
+        assert!(e.to_string().contains("replay marks would not hold"), "{e}");
+        // A real server passes both.
+        let server = RedisServer::start();
+        assert!(open(server.url()).await.is_ok());
+    })
+}
