@@ -320,7 +320,14 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 
 /// One command on `conn`, within [`OP_TIMEOUT`].
 async fn query_on<T: FromRedisValue>(conn: &mut Conn, cmd: &Cmd) -> Result<T, StoreError> {
-    tokio::time::timeout(OP_TIMEOUT, cmd.query_async(conn))
+    within(cmd.query_async(conn)).await
+}
+
+/// A Redis operation that counts as an outage if it takes longer than [`OP_TIMEOUT`].
+async fn within<T>(
+    op: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(OP_TIMEOUT, op)
         .await
         .map_err(|_| StoreError::Db("redis: timed out".into()))?
         .map_err(redis_err)
@@ -468,11 +475,7 @@ impl RedisState {
         for a in args {
             inv.arg(*a);
         }
-        let mut conn = self.conn();
-        tokio::time::timeout(OP_TIMEOUT, inv.invoke_async(&mut conn))
-            .await
-            .map_err(|_| StoreError::Db("redis: timed out".into()))?
-            .map_err(redis_err)
+        within(inv.invoke_async(&mut self.conn())).await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -733,3 +733,37 @@ fn a_server_that_cannot_hold_replay_marks_is_refused_at_start() {
         assert!(open(server.url()).await.is_ok());
     })
 }
+
+#[test]
+fn a_replay_mark_that_is_not_a_time_fails_closed() {
+    use base64::Engine as _;
+    run(async {
+        let server = RedisServer::start();
+        let b = Backend::open(&StateConfig::Redis {
+            url: server.url(),
+            key: StateKey([9; 32]),
+        })
+        .await
+        .unwrap();
+        // The mark's key as the broker names it, holding something that is not a time.
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"dpop:corrupt");
+        let key = format!(
+            "tb:seen:{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+        );
+        let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
+        assert!(
+            trustbroker_tests::redis::raw_command(port, &format!("SET {key} not-a-time"))
+                .unwrap()
+                .starts_with("+OK")
+        );
+        let n = t0();
+        assert!(
+            b.replay()
+                .check_and_mark("dpop:corrupt", t(n + 60), t(n))
+                .await
+                .is_err(),
+            "neither first nor a replay: an error"
+        );
+    })
+}

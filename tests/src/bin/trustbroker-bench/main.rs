@@ -522,21 +522,25 @@ struct Usage {
 impl Usage {
     /// Cores kept busy by the `i`-th process.
     fn cores(&self, i: usize) -> f64 {
-        self.ns[i] as f64 / 1e9 / self.wall.as_secs_f64().max(f64::EPSILON)
+        self.per_wall(self.ns[i])
+    }
+
+    /// Nanoseconds of CPU (or of waiting for one) as cores over the wall time.
+    fn per_wall(&self, ns: u64) -> f64 {
+        ns as f64 / 1e9 / self.wall.as_secs_f64().max(f64::EPSILON)
     }
 
     /// Cores kept busy by every other process on the machine: other services, the kernel's
     /// own threads. A neighbour inside the guest takes cores from the broker as surely as
     /// the hypervisor's steal does.
     fn others(&self) -> f64 {
-        self.others.values().sum::<u64>() as f64 / 1e9 / self.wall.as_secs_f64().max(f64::EPSILON)
+        self.per_wall(self.others.values().sum())
     }
 
     /// How long, all threads together, each of ours waited for a CPU, as a share of the
     /// wall time: "broker 0.12, load generator 0.03".
     fn waits(&self, redis: bool) -> String {
-        let share =
-            |i: usize| self.waited[i] as f64 / 1e9 / self.wall.as_secs_f64().max(f64::EPSILON);
+        let share = |i: usize| self.per_wall(self.waited[i]);
         let mut s = format!("broker {:.2}, load generator {:.2}", share(0), share(1));
         if redis {
             s.push_str(&format!(", redis-server {:.2}", share(2)));
@@ -550,12 +554,7 @@ impl Usage {
         used.sort_unstable_by(|a, b| b.1.cmp(a.1));
         used.iter()
             .take(3)
-            .map(|(name, ns)| {
-                format!(
-                    "{name} {:.3}",
-                    **ns as f64 / 1e9 / self.wall.as_secs_f64().max(f64::EPSILON)
-                )
-            })
+            .map(|(name, ns)| format!("{name} {:.3}", self.per_wall(**ns)))
             .collect::<Vec<_>>()
             .join(", ")
     }
