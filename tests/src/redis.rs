@@ -53,7 +53,7 @@ impl RedisServer {
             durable,
             _tmp: Some(tmp),
         };
-        s.spawn();
+        s.start_on_a_free_port();
         s
     }
 
@@ -66,11 +66,24 @@ impl RedisServer {
             durable: false,
             _tmp: None,
         };
-        s.spawn();
+        s.start_on_a_free_port();
         s
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server; if it exits at once because another process took its port
+    /// between `free_port` and its bind (tests run in parallel), on another free port.
+    fn start_on_a_free_port(&mut self) {
+        for _ in 0..5 {
+            if self.spawn() {
+                return;
+            }
+            self.port = free_port();
+        }
+        panic!("redis-server exited at start on five free ports in a row");
+    }
+
+    /// Starts the server on its port and waits for PING: `false` if it exited first.
+    fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
         let aof = if self.durable { "yes" } else { "no" };
@@ -101,7 +114,15 @@ impl RedisServer {
         self.child = Some(child);
         for _ in 0..200 {
             if raw_command(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
-                return;
+                return true;
+            }
+            if self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
+                self.child = None;
+                return false;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -128,7 +149,11 @@ impl RedisServer {
     /// Starts it again on the same port (empty unless durable).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "redis-server exited restarting on port {}",
+            self.port
+        );
     }
 }
 
