@@ -50,6 +50,9 @@ struct Args {
     tick: Duration,
     scenarios: Vec<String>,
     backends: Vec<String>,
+    /// The Redis rows against this server instead of a `redis-server` started on this
+    /// machine's cores: the production topology, where Redis has cores of its own.
+    redis_url: Option<String>,
 }
 
 fn args() -> Args {
@@ -65,6 +68,7 @@ fn args() -> Args {
         tick: Duration::from_millis(1),
         scenarios: vec!["attested".into(), "bearer".into(), "chained".into()],
         backends: vec!["embedded".into(), "redis".into()],
+        redis_url: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -77,10 +81,14 @@ fn args() -> Args {
             "--tick-us" => a.tick = Duration::from_micros(value().parse().unwrap()),
             "--scenarios" => a.scenarios = value().split(',').map(str::to_owned).collect(),
             "--backends" => a.backends = value().split(',').map(str::to_owned).collect(),
+            "--redis-url" => a.redis_url = Some(value()),
             "-h" | "--help" => {
                 println!(
                     "trustbroker-bench [--duration SECS] [--connections N] [--pool N] [--tick-us N] \
-                     [--scenarios attested,bearer,chained] [--backends embedded,redis]"
+                     [--scenarios attested,bearer,chained] [--backends embedded,redis] [--redis-url URL]\n\n\
+                     --redis-url: the Redis rows use this server (an empty database; the run leaves its\n\
+                     keys there) instead of a redis-server on this machine, e.g. one on cores of its own:\n\
+                     taskset -c 2 redis-server --port 7000 & taskset -c 0,1 trustbroker-bench --redis-url redis://127.0.0.1:7000"
                 );
                 std::process::exit(0);
             }
@@ -194,7 +202,30 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn setup(backend: &str) -> Setup {
+/// Refuses a server that holds anything: the run writes signing keys, a node and marks
+/// into it, and must not mix them with anyone else's (nor read a broker's keys sealed
+/// under another key).
+fn check_empty(url: &str) {
+    let shown = broker::redis_state::redact_url(url);
+    let size: Result<u64, _> = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("DBSIZE").query(&mut c));
+    match size {
+        Ok(0) => {}
+        Ok(n) => {
+            eprintln!(
+                "--redis-url {shown}: the database holds {n} keys; give the benchmark an empty one (FLUSHDB, or another database number)"
+            );
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("--redis-url {shown}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn setup(backend: &str, redis_url: Option<&str>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let cluster = IssuerKey::es256();
     std::fs::write(
@@ -207,13 +238,16 @@ fn setup(backend: &str) -> Setup {
     let state_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     let (state, redis) = match backend {
         "embedded" => ("path = \"state\"".to_owned(), None),
-        "redis" => {
-            let r = RedisServer::start();
-            (
-                format!("backend = \"redis\"\nurl = \"{}\"", r.url()),
-                Some(r),
-            )
-        }
+        "redis" => match redis_url {
+            Some(url) => (format!("backend = \"redis\"\nurl = \"{url}\""), None),
+            None => {
+                let r = RedisServer::start();
+                (
+                    format!("backend = \"redis\"\nurl = \"{}\"", r.url()),
+                    Some(r),
+                )
+            }
+        },
         other => panic!("unknown backend {other}"),
     };
     let broker = Broker::start_env(
@@ -754,6 +788,15 @@ fn main() {
         pool_size("attested"),
         pool_size("bearer")
     );
+    if let Some(url) = &a.redis_url
+        && a.backends.iter().any(|b| b == "redis")
+    {
+        check_empty(url);
+        println!(
+            "Redis rows: the server at {}, not started by this run (on this machine, its CPU shows among the other processes)\n",
+            broker::redis_state::redact_url(url)
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -765,7 +808,7 @@ fn main() {
 
     let mut rows = Vec::new();
     for backend in &a.backends {
-        let s = setup(backend);
+        let s = setup(backend, a.redis_url.as_deref());
         let addr: SocketAddr = host(&s).parse().unwrap();
         let pid = s.broker.pid();
         let (rss_idle, _) = rss(pid);
