@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use token_exchange::keys::KeyRecord;
 
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
@@ -42,11 +42,21 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// The single-use table is first swept when it holds this many marks.
+const SINGLE_USE_FIRST_SWEEP: u64 = 256;
+
 /// The embedded durable store.
 pub struct DurableStore {
     db: Database,
     path: PathBuf,
-    single_use_writes: std::sync::atomic::AtomicU64,
+    /// Sweep the single-use table when it holds this many marks: twice what the last sweep
+    /// left (amortised O(1) per mark however many are live). It was one sweep per 256
+    /// marks, each a walk of the whole table: O(n / 256) per mark, and with a few
+    /// hundred thousand live (single-use tokens live up to their `exp`) more time walking
+    /// than marking.
+    single_use_sweep_at: std::sync::atomic::AtomicU64,
+    /// Sweeps of the single-use table so far (tests).
+    single_use_sweeps: std::sync::atomic::AtomicU64,
     /// The revocations table, in memory: every exchange asks it, and a read transaction
     /// per exchange cost more than the lookups. Exact, because this process is the only
     /// writer (the database is locked to it): loaded at open, and changed under its lock
@@ -112,7 +122,8 @@ impl DurableStore {
         let store = Self {
             db,
             path,
-            single_use_writes: std::sync::atomic::AtomicU64::new(0),
+            single_use_sweep_at: std::sync::atomic::AtomicU64::new(0),
+            single_use_sweeps: std::sync::atomic::AtomicU64::new(0),
             revocations: RwLock::new(HashMap::new()),
             node_certs: RwLock::new(HashMap::new()),
         };
@@ -463,12 +474,20 @@ impl DurableStore {
             let live = t.get(key).map_err(db_err)?.is_some_and(|v| v.value() > now);
             if !live {
                 t.insert(key, expires_at).map_err(db_err)?;
-                // Amortised sweep: one write in 256 walks the table.
-                let n = self
-                    .single_use_writes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n % 256 == 255 {
+                // Write transactions are serialised, so the threshold is read and set
+                // under the database's write lock. A commit that fails after a sweep only
+                // puts the next one later.
+                use std::sync::atomic::Ordering::Relaxed;
+                let due = self
+                    .single_use_sweep_at
+                    .load(Relaxed)
+                    .max(SINGLE_USE_FIRST_SWEEP);
+                if t.len().map_err(db_err)? >= due {
                     t.retain(|_, exp| exp > now).map_err(db_err)?;
+                    let left = t.len().map_err(db_err)?;
+                    self.single_use_sweep_at
+                        .store(left.saturating_mul(2), Relaxed);
+                    self.single_use_sweeps.fetch_add(1, Relaxed);
                 }
             }
             !live
@@ -862,5 +881,44 @@ mod tests {
             s.revoked_at(&["tok:x".into()], 150).ok(),
             Some(vec![Some(100)])
         );
+    }
+
+    fn single_use_marks(s: &DurableStore) -> u64 {
+        let tx = s.db.begin_read().unwrap_or_else(|e| panic!("{e}"));
+        let t = tx.open_table(SINGLE_USE).unwrap_or_else(|e| panic!("{e}"));
+        t.len().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The single-use table is walked when it has doubled since the last walk: with 1 024
+    /// marks live, the next 1 024 walk it at most once (one walk per 256 marks was four
+    /// walks of the whole table). Lapsed marks still go at the next walk.
+    #[test]
+    fn single_use_sweeps_are_amortised_over_the_live_marks() {
+        let (s, fail) = store();
+        fail.store(false, Ordering::SeqCst);
+        let mark = |key: &str, exp: u64, now: u64| {
+            s.mark_single_use(key, exp, now)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        for i in 0..1024 {
+            assert!(mark(&format!("a{i}"), 10_000, 0));
+        }
+        let before = s.single_use_sweeps.load(Ordering::SeqCst);
+        for i in 0..1024 {
+            assert!(mark(&format!("b{i}"), 10_000, 0));
+        }
+        let walks = s.single_use_sweeps.load(Ordering::SeqCst) - before;
+        assert!(walks <= 1, "{walks} walks of the table over 1 024 marks");
+        assert!(!mark("a7", 10_000, 5), "a live mark holds");
+        // Everything lapsed at 10 000; new marks at 20 000 sweep the lapsed ones once the
+        // table doubles, never later.
+        let mut marked = 0;
+        while single_use_marks(&s) > marked {
+            assert!(mark(&format!("c{marked}"), 30_000, 20_000));
+            marked += 1;
+            assert!(marked <= 2048, "never swept");
+        }
+        assert_eq!(single_use_marks(&s), marked);
+        assert!(mark("a7", 30_000, 20_000), "a lapsed mark is taken again");
     }
 }
