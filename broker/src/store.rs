@@ -475,8 +475,9 @@ impl DurableStore {
             if !live {
                 t.insert(key, expires_at).map_err(db_err)?;
                 // Write transactions are serialised, so the threshold is read and set
-                // under the database's write lock. A commit that fails after a sweep only
-                // puts the next one later.
+                // under the database's write lock. A commit that fails after a sweep leaves
+                // a threshold the table may not match: the next sweep comes earlier or
+                // later than due, and takes only lapsed marks all the same.
                 use std::sync::atomic::Ordering::Relaxed;
                 let due = self
                     .single_use_sweep_at
