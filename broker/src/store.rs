@@ -42,8 +42,8 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-/// The single-use table is first swept when it holds this many marks.
-const SINGLE_USE_FIRST_SWEEP: u64 = 256;
+/// The single-use and revocations tables are first swept when they hold this many entries.
+const FIRST_SWEEP: u64 = 256;
 
 /// The embedded durable store.
 pub struct DurableStore {
@@ -57,6 +57,8 @@ pub struct DurableStore {
     single_use_sweep_at: std::sync::atomic::AtomicU64,
     /// Sweeps of the single-use table so far (tests).
     single_use_sweeps: std::sync::atomic::AtomicU64,
+    /// The same for the revocations table (and its mirror): each revocation walked both.
+    revocations_sweep_at: std::sync::atomic::AtomicU64,
     /// The revocations table, in memory: every exchange asks it, and a read transaction
     /// per exchange cost more than the lookups. Exact, because this process is the only
     /// writer (the database is locked to it): loaded at open, and changed under its lock
@@ -124,6 +126,7 @@ impl DurableStore {
             path,
             single_use_sweep_at: std::sync::atomic::AtomicU64::new(0),
             single_use_sweeps: std::sync::atomic::AtomicU64::new(0),
+            revocations_sweep_at: std::sync::atomic::AtomicU64::new(0),
             revocations: RwLock::new(HashMap::new()),
             node_certs: RwLock::new(HashMap::new()),
         };
@@ -479,10 +482,7 @@ impl DurableStore {
                 // a threshold the table may not match: the next sweep comes earlier or
                 // later than due, and takes only lapsed marks all the same.
                 use std::sync::atomic::Ordering::Relaxed;
-                let due = self
-                    .single_use_sweep_at
-                    .load(Relaxed)
-                    .max(SINGLE_USE_FIRST_SWEEP);
+                let due = self.single_use_sweep_at.load(Relaxed).max(FIRST_SWEEP);
                 if t.len().map_err(db_err)? >= due {
                     t.retain(|_, exp| exp > now).map_err(db_err)?;
                     let left = t.len().map_err(db_err)?;
@@ -498,23 +498,39 @@ impl DurableStore {
     }
 
     /// Records a revocation durably; revoking again keeps the later times. Lapsed entries
-    /// are swept in the same transaction.
+    /// are swept in the same transaction once the table has doubled since the last sweep.
     pub fn revoke(&self, key: &str, at: u64, keep_until: u64) -> Result<(), StoreError> {
-        // Held across the commit: once this returns, every lookup sees the revocation.
-        let mut mirror = self.revocations_mut();
         let tx = self.db.begin_write().map_err(db_err)?;
-        let entry = {
+        let (entry, swept) = {
             let mut t = tx.open_table(REVOCATIONS).map_err(db_err)?;
             let (old_at, old_keep) = t.get(key).map_err(db_err)?.map_or((0, 0), |v| v.value());
             let entry = (old_at.max(at), old_keep.max(keep_until));
             t.insert(key, entry).map_err(db_err)?;
-            t.retain(|_, (_, keep)| keep > at).map_err(db_err)?;
-            entry
+            // Serialised with every other write transaction, as for single-use marks.
+            use std::sync::atomic::Ordering::Relaxed;
+            let due = self.revocations_sweep_at.load(Relaxed).max(FIRST_SWEEP);
+            let swept = t.len().map_err(db_err)? >= due;
+            if swept {
+                t.retain(|_, (_, keep)| keep > at).map_err(db_err)?;
+                let left = t.len().map_err(db_err)?;
+                self.revocations_sweep_at
+                    .store(left.saturating_mul(2), Relaxed);
+            }
+            (entry, swept)
         };
         // In effect before the commit: one that fails may be durable all the same (redb
-        // says so), and a revocation that may be on disk is one to honour.
-        mirror.insert(key.to_owned(), entry);
-        mirror.retain(|_, (_, keep)| *keep > at);
+        // says so), and a revocation that may be on disk is one to honour. So once this
+        // returns, every lookup sees it. The mirror's lock is held for the update only, not
+        // across the commit: every exchange reads the mirror, and a commit waits for the
+        // disk (0.45 ms a revocation at the median here, 5.9 ms at worst). Write
+        // transactions are serialised, so revocations reach the mirror in commit order.
+        {
+            let mut mirror = self.revocations_mut();
+            mirror.insert(key.to_owned(), entry);
+            if swept {
+                mirror.retain(|_, (_, keep)| *keep > at);
+            }
+        }
         tx.commit().map_err(db_err)?;
         Ok(())
     }
@@ -921,5 +937,148 @@ mod tests {
         }
         assert_eq!(single_use_marks(&s), marked);
         assert!(mark("a7", 30_000, 20_000), "a lapsed mark is taken again");
+    }
+
+    /// A disk whose syncs wait, once armed, until the test lets them go.
+    #[derive(Debug, Default)]
+    struct Gate {
+        armed: AtomicBool,
+        /// (a sync is waiting, the test has opened the gate)
+        state: std::sync::Mutex<(bool, bool)>,
+        changed: std::sync::Condvar,
+    }
+
+    #[derive(Debug)]
+    struct SlowSync {
+        inner: InMemoryBackend,
+        gate: Arc<Gate>,
+    }
+
+    impl StorageBackend for SlowSync {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            if self.gate.armed.load(Ordering::SeqCst) {
+                let mut st = self
+                    .gate
+                    .state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                st.0 = true;
+                self.gate.changed.notify_all();
+                while !st.1 {
+                    st = self
+                        .gate
+                        .changed
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.inner.write(offset, data)
+        }
+    }
+
+    /// Every exchange asks the revocations mirror, and a revocation's commit waits for the
+    /// disk: the mirror must answer meanwhile, with the revocation already in it. (It was
+    /// held for writing across the commit, and every exchange waited for the disk.)
+    #[test]
+    fn lookups_answer_while_a_revocation_waits_for_the_disk() {
+        let gate = Arc::new(Gate::default());
+        let db = Database::builder()
+            .create_with_backend(SlowSync {
+                inner: InMemoryBackend::new(),
+                gate: gate.clone(),
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = DurableStore::with_database(db, PathBuf::from("memory"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        gate.armed.store(true, Ordering::SeqCst);
+        std::thread::scope(|scope| {
+            let revoking = scope.spawn(|| s.revoke("tok:x", 100, 200));
+            {
+                let mut st = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+                while !st.0 {
+                    st = gate
+                        .changed
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            // The commit is waiting on the disk. A lookup from another thread must answer;
+            // were it to wait for the commit, the gate would never open (the generous
+            // timeout only turns that deadlock into a failure).
+            let (tx, rx) = std::sync::mpsc::channel();
+            let store = &s;
+            scope.spawn(move || {
+                let _ = tx.send(
+                    store
+                        .revoked_at(&["tok:x".into(), "tok:y".into()], 150)
+                        .ok(),
+                );
+            });
+            let seen = rx.recv_timeout(std::time::Duration::from_secs(30));
+            {
+                let mut st = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+                st.1 = true;
+                gate.changed.notify_all();
+            }
+            assert_eq!(
+                seen,
+                Ok(Some(vec![Some(100), None])),
+                "a lookup waited for the revocation's commit"
+            );
+            assert!(matches!(revoking.join(), Ok(Ok(()))));
+        });
+        gate.armed.store(false, Ordering::SeqCst);
+        assert_eq!(
+            s.revoked_at(&["tok:x".into()], 150).ok(),
+            Some(vec![Some(100)])
+        );
+    }
+
+    /// Lapsed revocations leave the table and its mirror once the table has doubled since
+    /// the last sweep, not at every revocation (each walked both whole).
+    #[test]
+    fn lapsed_revocations_are_swept_once_the_table_doubles() {
+        let (s, fail) = store();
+        fail.store(false, Ordering::SeqCst);
+        for i in 0..300 {
+            s.revoke(&format!("tok:old{i}"), 100, 200)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mirrored = |s: &DurableStore| s.revocations.read().map_or(0, |m| m.len());
+        let stored = |s: &DurableStore| -> u64 {
+            let tx = s.db.begin_read().unwrap_or_else(|e| panic!("{e}"));
+            let t = tx.open_table(REVOCATIONS).unwrap_or_else(|e| panic!("{e}"));
+            t.len().unwrap_or_else(|e| panic!("{e}"))
+        };
+        // One revocation past their keep time does not walk the table...
+        s.revoke("tok:new0", 300, 900)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((stored(&s), mirrored(&s)), (301, 301));
+        assert_eq!(
+            s.revoked_at(&["tok:old1".into()], 300).ok(),
+            Some(vec![None])
+        );
+        // ...but the table reaching twice what the last sweep left does, here and in the
+        // mirror alike.
+        let mut i = 1;
+        while stored(&s) > i {
+            s.revoke(&format!("tok:new{i}"), 300, 900)
+                .unwrap_or_else(|e| panic!("{e}"));
+            i += 1;
+            assert!(i <= 512, "never swept");
+        }
+        assert_eq!((stored(&s), mirrored(&s) as u64), (i, i));
     }
 }
