@@ -1006,13 +1006,14 @@ mod tests {
         std::thread::scope(|scope| {
             let revoking = scope.spawn(|| s.revoke("tok:x", 100, 200));
             {
-                let mut st = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
-                while !st.0 {
-                    st = gate
-                        .changed
-                        .wait(st)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
+                // A deadlock guard, as below: a revocation that never reaches the disk fails
+                // the test instead of hanging it.
+                let st = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let (st, _) = gate
+                    .changed
+                    .wait_timeout_while(st, std::time::Duration::from_secs(30), |st| !st.0)
+                    .unwrap_or_else(PoisonError::into_inner);
+                assert!(st.0, "the revocation never reached the disk");
             }
             // The commit is waiting on the disk. A lookup from another thread must answer;
             // were it to wait for the commit, the gate would never open (the generous
