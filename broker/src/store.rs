@@ -805,11 +805,13 @@ mod tests {
 
     use super::*;
 
-    /// A database whose syncs fail once told to: a commit that reports failure.
+    /// A database whose syncs fail once told to (a commit that reports failure), and wait
+    /// at a gate once it is armed (a commit waiting for the disk).
     #[derive(Debug)]
     struct FailingSync {
         inner: InMemoryBackend,
         fail: Arc<AtomicBool>,
+        gate: Arc<Gate>,
     }
 
     impl StorageBackend for FailingSync {
@@ -823,6 +825,7 @@ mod tests {
             self.inner.set_len(len)
         }
         fn sync_data(&self) -> Result<(), std::io::Error> {
+            self.gate.pass();
             if self.fail.load(Ordering::SeqCst) {
                 return Err(std::io::Error::other("injected: the disk said no"));
             }
@@ -855,6 +858,7 @@ mod tests {
             .create_with_backend(FailingSync {
                 inner: InMemoryBackend::new(),
                 fail: fail.clone(),
+                gate: Arc::default(),
             })
             .unwrap_or_else(|e| panic!("{e}"));
         let s = DurableStore::with_database(db, PathBuf::from("memory"))
@@ -939,7 +943,7 @@ mod tests {
         assert!(mark("a7", 30_000, 20_000), "a lapsed mark is taken again");
     }
 
-    /// A disk whose syncs wait, once armed, until the test lets them go.
+    /// Where a sync waits, once armed, until the test lets it go.
     #[derive(Debug, Default)]
     struct Gate {
         armed: AtomicBool,
@@ -948,43 +952,20 @@ mod tests {
         changed: std::sync::Condvar,
     }
 
-    #[derive(Debug)]
-    struct SlowSync {
-        inner: InMemoryBackend,
-        gate: Arc<Gate>,
-    }
-
-    impl StorageBackend for SlowSync {
-        fn len(&self) -> Result<u64, std::io::Error> {
-            self.inner.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-            self.inner.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-            self.inner.set_len(len)
-        }
-        fn sync_data(&self) -> Result<(), std::io::Error> {
-            if self.gate.armed.load(Ordering::SeqCst) {
-                let mut st = self
-                    .gate
-                    .state
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+    impl Gate {
+        /// Waits here, while armed, until the test opens the gate.
+        fn pass(&self) {
+            if self.armed.load(Ordering::SeqCst) {
+                let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
                 st.0 = true;
-                self.gate.changed.notify_all();
+                self.changed.notify_all();
                 while !st.1 {
                     st = self
-                        .gate
                         .changed
                         .wait(st)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
             }
-            self.inner.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-            self.inner.write(offset, data)
         }
     }
 
@@ -995,8 +976,9 @@ mod tests {
     fn lookups_answer_while_a_revocation_waits_for_the_disk() {
         let gate = Arc::new(Gate::default());
         let db = Database::builder()
-            .create_with_backend(SlowSync {
+            .create_with_backend(FailingSync {
                 inner: InMemoryBackend::new(),
+                fail: Arc::default(),
                 gate: gate.clone(),
             })
             .unwrap_or_else(|e| panic!("{e}"));
