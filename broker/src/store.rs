@@ -51,9 +51,8 @@ pub struct DurableStore {
     path: PathBuf,
     /// Sweep the single-use table when it holds this many marks: twice what the last sweep
     /// left (amortised O(1) per mark however many are live). It was one sweep per 256
-    /// marks, each a walk of the whole table: O(n / 256) per mark, and with a few
-    /// hundred thousand live (single-use tokens live up to their `exp`) more time walking
-    /// than marking.
+    /// marks, each a walk of the whole table: O(n / 256) per mark, over a thousand entries
+    /// walked per mark with 300 000 live (single-use tokens live up to their `exp`).
     single_use_sweep_at: std::sync::atomic::AtomicU64,
     /// Sweeps of the single-use table so far (tests).
     single_use_sweeps: std::sync::atomic::AtomicU64,
