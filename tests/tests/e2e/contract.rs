@@ -51,25 +51,25 @@ async fn embedded() -> Stores {
     from_backend(b, Box::new(dir))
 }
 
-async fn redis() -> Stores {
-    let server = RedisServer::start();
-    let b = Backend::open(&StateConfig::Redis {
-        url: server.url(),
+/// The Redis backend at `url`, under the key every contract test uses.
+async fn redis_at(url: String) -> Backend {
+    Backend::open(&StateConfig::Redis {
+        url,
         key: StateKey([9; 32]),
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+async fn redis() -> Stores {
+    let server = RedisServer::start();
+    let b = redis_at(server.url()).await;
     from_backend(b, Box::new(server))
 }
 
 async fn redis_cluster() -> Stores {
     let cluster = RedisCluster::start();
-    let b = Backend::open(&StateConfig::Redis {
-        url: cluster.url(),
-        key: StateKey([9; 32]),
-    })
-    .await
-    .unwrap();
+    let b = redis_at(cluster.url()).await;
     from_backend(b, Box::new(cluster))
 }
 
@@ -277,23 +277,13 @@ async fn open_embedded() -> (Backend, Box<dyn std::any::Any>) {
 
 async fn open_redis() -> (Backend, Box<dyn std::any::Any>) {
     let server = RedisServer::start();
-    let b = Backend::open(&StateConfig::Redis {
-        url: server.url(),
-        key: StateKey([9; 32]),
-    })
-    .await
-    .unwrap();
+    let b = redis_at(server.url()).await;
     (b, Box::new(server))
 }
 
 async fn open_redis_cluster() -> (Backend, Box<dyn std::any::Any>) {
     let cluster = RedisCluster::start();
-    let b = Backend::open(&StateConfig::Redis {
-        url: cluster.url(),
-        key: StateKey([9; 32]),
-    })
-    .await
-    .unwrap();
+    let b = redis_at(cluster.url()).await;
     (b, Box::new(cluster))
 }
 
@@ -504,14 +494,7 @@ async fn until_clients(server: &RedisServer, want: u32) -> bool {
 fn a_thread_closes_its_own_connection_of_a_redis_state_that_is_gone() {
     run(async {
         let server = RedisServer::start();
-        let open = || async {
-            Backend::open(&StateConfig::Redis {
-                url: server.url(),
-                key: StateKey([9; 32]),
-            })
-            .await
-            .unwrap()
-        };
+        let open = || async { redis_at(server.url()).await };
         let now = t(t0());
 
         // A state used on this (current-thread) runtime: its shared connection, and the
@@ -649,12 +632,7 @@ fn embedded_node_certificates_answer_from_memory_exactly_as_stored() {
 fn with_redis_down_a_thread_tries_its_own_connection_once_per_wait() {
     run(async {
         let mut server = RedisServer::start();
-        let b = Backend::open(&StateConfig::Redis {
-            url: server.url(),
-            key: StateKey([9; 32]),
-        })
-        .await
-        .unwrap();
+        let b = redis_at(server.url()).await;
         // An outage before this thread opened a connection of its own.
         server.stop();
         let opens = broker::redis_state::thread_connection_opens();
@@ -745,12 +723,7 @@ fn a_replay_mark_that_is_not_a_time_fails_closed() {
     use base64::Engine as _;
     run(async {
         let server = RedisServer::start();
-        let b = Backend::open(&StateConfig::Redis {
-            url: server.url(),
-            key: StateKey([9; 32]),
-        })
-        .await
-        .unwrap();
+        let b = redis_at(server.url()).await;
         // The mark's key as the broker names it, holding something that is not a time.
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"dpop:corrupt");
         let key = format!(
