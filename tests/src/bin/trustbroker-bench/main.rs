@@ -250,7 +250,7 @@ fn setup(backend: &str, redis_url: Option<&str>) -> Setup {
         },
         other => panic!("unknown backend {other}"),
     };
-    let broker = Broker::start_env(
+    let broker = Broker::start_env_piped(
         dir.path(),
         &config(&state, &exe_sha),
         free_port(),
