@@ -43,6 +43,9 @@ pub struct Outcome {
     /// free connection when all of them have a request in flight. A broker stall of
     /// `connections / rate` seconds or more shows here too, not only the generator's.
     pub lateness: Vec<u32>,
+    /// Open loop: each latency's intended start, in microseconds from the run's start (for
+    /// `--timeline`: a stall shows as a run of slow requests).
+    pub sent: Vec<u32>,
     /// `status error` → count, for every answer but 200.
     pub errors: BTreeMap<String, u64>,
     /// Bodies of the 200 answers, when asked for (to chain tokens).
@@ -61,6 +64,7 @@ impl Outcome {
     pub fn absorb(&mut self, other: Outcome) {
         self.latencies.extend(other.latencies);
         self.lateness.extend(other.lateness);
+        self.sent.extend(other.sent);
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
         }
@@ -136,7 +140,7 @@ pub async fn run(
         let shared = shared.clone();
         let schedule = schedule.clone();
         tasks.push(tokio::spawn(async move {
-            worker(addr, &shared, &schedule, deadline, keep_bodies).await
+            worker(addr, &shared, &schedule, start, deadline, keep_bodies).await
         }));
     }
     let done = Arc::new(AtomicBool::new(false));
@@ -157,6 +161,7 @@ pub async fn run(
         let Ok(w) = t.await else { continue };
         out.latencies.extend(w.latencies);
         out.lateness.extend(w.lateness);
+        out.sent.extend(w.sent);
         for (k, v) in w.errors {
             *out.errors.entry(k).or_default() += v;
         }
@@ -207,6 +212,7 @@ async fn worker(
     addr: SocketAddr,
     shared: &Shared,
     schedule: &Schedule,
+    start: Instant,
     deadline: Instant,
     keep_bodies: bool,
 ) -> Outcome {
@@ -248,6 +254,10 @@ async fn worker(
         let latency = intended.elapsed();
         out.latencies
             .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        if matches!(schedule, Schedule::Paced(_)) {
+            let at = intended.saturating_duration_since(start).as_micros();
+            out.sent.push(u32::try_from(at).unwrap_or(u32::MAX));
+        }
         match answer {
             Ok((200, body)) => {
                 if keep_bodies {

@@ -53,6 +53,8 @@ struct Args {
     /// The Redis rows against this server instead of a `redis-server` started on this
     /// machine's cores: the production topology, where Redis has cores of its own.
     redis_url: Option<String>,
+    /// Each half-rate phase's requests (intended start, latency) written to a file here.
+    timeline: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -69,6 +71,7 @@ fn args() -> Args {
         scenarios: vec!["attested".into(), "bearer".into(), "chained".into()],
         backends: vec!["embedded".into(), "redis".into()],
         redis_url: None,
+        timeline: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -82,13 +85,17 @@ fn args() -> Args {
             "--scenarios" => a.scenarios = value().split(',').map(str::to_owned).collect(),
             "--backends" => a.backends = value().split(',').map(str::to_owned).collect(),
             "--redis-url" => a.redis_url = Some(value()),
+            "--timeline" => a.timeline = Some(PathBuf::from(value())),
             "-h" | "--help" => {
                 println!(
                     "trustbroker-bench [--duration SECS] [--connections N] [--pool N] [--tick-us N] \
-                     [--scenarios attested,bearer,chained] [--backends embedded,redis] [--redis-url URL]\n\n\
+                     [--scenarios attested,bearer,chained] [--backends embedded,redis] [--redis-url URL] [--timeline DIR]\n\n\
                      --redis-url: the Redis rows use this server (an empty database; the run leaves its\n\
                      keys there) instead of a redis-server on this machine, e.g. one on cores of its own:\n\
-                     taskset -c 2 redis-server --port 7000 & taskset -c 0,1 trustbroker-bench --redis-url redis://127.0.0.1:7000"
+                     taskset -c 2 redis-server --port 7000 & taskset -c 0,1 trustbroker-bench --redis-url redis://127.0.0.1:7000\n\n\
+                     --timeline: every half-rate phase's requests, one line each (the µs from the phase's\n\
+                     start to the request's intended start, then its latency in µs), in a file per phase in\n\
+                     DIR: where in the phase its slow requests were."
                 );
                 std::process::exit(0);
             }
@@ -887,6 +894,27 @@ fn main() {
             let half_steal = half_used.ticks.steal_share();
             let (_, rss_peak) = rss(pid);
             let half_sorted = sorted(&half);
+            if let Some(dir) = &a.timeline {
+                let path = dir.join(format!("{backend}-{scenario}-half.txt"));
+                let mut lines: Vec<(u32, u32)> = half
+                    .sent
+                    .iter()
+                    .copied()
+                    .zip(half.latencies.iter().copied())
+                    .collect();
+                lines.sort_unstable();
+                let text: String = lines
+                    .iter()
+                    .map(|(at, us)| format!("{at} {us}\n"))
+                    .collect();
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| std::fs::write(&path, text))
+                    .unwrap_or_else(|e| panic!("--timeline: {}: {e}", path.display()));
+                eprintln!(
+                    "{backend}/{scenario}: half-rate timeline in {}",
+                    path.display()
+                );
+            }
             let mut late = half.lateness.clone();
             late.sort_unstable();
             eprintln!(
