@@ -154,10 +154,10 @@ impl Broker {
     /// As [`Broker::start_env`], with the broker's output read through a pipe, as a
     /// container runtime or the journal reads it, and copied to the log by a thread of
     /// this process. For the benchmark: with 10 000 audit lines a second written straight
-    /// to a file on this machine's ext4 disk, every request stalled for 12 to 30 ms once
-    /// or more in most 5-second phases (p99 at half rate 6.0 and 16.6 ms, against 2.0 ms
-    /// with the file on tmpfs and 1.5 to 3.9 ms through this pipe, embedded store). A line
-    /// a test looks for may still be in the pipe, so tests keep the file.
+    /// to a file on this machine's ext4 disk, requests stalled together for 10 to 15 ms
+    /// now and then (p99 at half rate 3.7 and 6.0 ms, against 2.0 ms with the file on
+    /// tmpfs and 1.5 to 3.9 ms through this pipe, embedded store). A line a test looks for
+    /// may still be in the pipe, so tests keep the file.
     pub fn start_env_piped(dir: &Path, config: &str, port: u16, env: &[(&str, &str)]) -> Self {
         Self::launch(
             dir,
