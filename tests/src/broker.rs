@@ -75,12 +75,12 @@ enum Output {
 const PIPE_BYTES: i32 = 1 << 20;
 
 /// The write end of a pipe whose every byte a thread copies to `file`, until every write
-/// end is closed.
-fn pipe_to(mut file: std::fs::File) -> std::os::fd::OwnedFd {
+/// end is closed; and that thread.
+fn pipe_to(mut file: std::fs::File) -> (std::os::fd::OwnedFd, std::thread::JoinHandle<()>) {
     let (mut reader, writer) = std::io::pipe().unwrap();
     // Best effort: a smaller pipe only stalls the broker sooner.
     let _ = nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
-    std::thread::spawn(move || {
+    let copier = std::thread::spawn(move || {
         // `read` and `write`, not `io::copy`: that splices, and a splice holds the pipe's
         // lock while the file's write waits for the disk, which blocks the broker's
         // writes all the same.
@@ -100,7 +100,7 @@ fn pipe_to(mut file: std::fs::File) -> std::os::fd::OwnedFd {
             std::thread::sleep(Duration::from_millis(10));
         }
     });
-    writer.into()
+    (writer.into(), copier)
 }
 
 /// A running broker.
@@ -110,6 +110,8 @@ pub struct Broker {
     pub base: String,
     pub dir: PathBuf,
     log: PathBuf,
+    /// The thread copying a piped broker's output to `log`.
+    copier: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -140,15 +142,7 @@ impl Broker {
 
     /// As [`Broker::start`], with `env` set for the broker process.
     pub fn start_env(dir: &Path, config: &str, port: u16, env: &[(&str, &str)]) -> Self {
-        Self::launch(
-            dir,
-            config,
-            port,
-            "http",
-            reqwest::blocking::Client::new(),
-            env,
-            Output::File,
-        )
+        Self::start_env_to(dir, config, port, env, Output::File)
     }
 
     /// As [`Broker::start_env`], with the broker's output read through a pipe, as a
@@ -159,15 +153,18 @@ impl Broker {
     /// tmpfs and 1.5 to 3.9 ms through this pipe, embedded store). A line a test looks for
     /// may still be in the pipe, so tests keep the file.
     pub fn start_env_piped(dir: &Path, config: &str, port: u16, env: &[(&str, &str)]) -> Self {
-        Self::launch(
-            dir,
-            config,
-            port,
-            "http",
-            reqwest::blocking::Client::new(),
-            env,
-            Output::Pipe,
-        )
+        Self::start_env_to(dir, config, port, env, Output::Pipe)
+    }
+
+    fn start_env_to(
+        dir: &Path,
+        config: &str,
+        port: u16,
+        env: &[(&str, &str)],
+        output: Output,
+    ) -> Self {
+        let client = reqwest::blocking::Client::new();
+        Self::launch(dir, config, port, "http", client, env, output)
     }
 
     /// As [`Broker::start`], for a broker serving `scheme` that `client` can reach (a
@@ -194,9 +191,12 @@ impl Broker {
         let cfg_path = dir.join("broker.toml");
         std::fs::write(&cfg_path, config.replace("{PORT}", &port.to_string())).unwrap();
         let log = dir.join("broker.log");
-        let out = match output {
-            Output::File => std::fs::File::create(&log).unwrap().into(),
-            Output::Pipe => pipe_to(std::fs::File::create(&log).unwrap()),
+        let (out, copier) = match output {
+            Output::File => (std::fs::File::create(&log).unwrap().into(), None),
+            Output::Pipe => {
+                let (out, copier) = pipe_to(std::fs::File::create(&log).unwrap());
+                (out, Some(copier))
+            }
         };
         let mut cmd = Command::new(binary());
         for (k, v) in env {
@@ -212,12 +212,16 @@ impl Broker {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
+        // It holds this process's copies of the pipe's write end: gone, the copy ends when
+        // the broker does.
+        drop(cmd);
         let mut b = Self {
             child,
             port,
             base: format!("{scheme}://127.0.0.1:{port}"),
             dir: dir.to_path_buf(),
             log,
+            copier,
         };
         b.wait_ready(&client);
         b
@@ -226,6 +230,10 @@ impl Broker {
     fn wait_ready(&mut self, client: &reqwest::blocking::Client) {
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Its last words may still be in the pipe: the copy ends once it is empty.
+                if let Some(copier) = self.copier.take() {
+                    let _ = copier.join();
+                }
                 panic!("trustbroker exited with {status}:\n{}", self.log());
             }
             if let Ok(r) = client.get(format!("{}/readyz", self.base)).send()
