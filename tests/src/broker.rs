@@ -70,8 +70,8 @@ enum Output {
 }
 
 /// Room in the pipe for the broker's output while the copying thread waits on the disk:
-/// 1 MiB (Linux's default limit for an unprivileged process) holds about 170 ms of audit
-/// lines at the benchmark's highest rate.
+/// 1 MiB (Linux's default limit for an unprivileged process) holds 100 ms or more of audit
+/// lines at the benchmark's rates.
 const PIPE_BYTES: i32 = 1 << 20;
 
 /// The write end of a pipe whose every byte a thread copies to `file`, until every write

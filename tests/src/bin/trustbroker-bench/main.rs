@@ -1017,7 +1017,8 @@ fn report(rows: &[Row], run_ceiling: f64, cores: usize) {
                 (hi - lo) / ceiling * 100.0,
             );
         }
-        // Three places: 0.6966 is a miss, and "0.70 [MISSED]" read as a contradiction.
+        // Printed to three places: 0.6966 is a miss, and "0.70 [MISSED]" read as a
+        // contradiction.
         let ratio = r.max.rate() / ceiling;
         let p99_half = r.half.percentile(&r.half_sorted, 0.99);
         let errors: u64 = r.max.errors.values().sum::<u64>() + r.half.errors.values().sum::<u64>();
