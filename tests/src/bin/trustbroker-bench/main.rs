@@ -505,9 +505,16 @@ struct Ticks {
     /// it comes and goes by the minute, and a phase that lost a quarter of its cores to it
     /// says little.
     steal: u64,
+    /// Time some process or the kernel's threads ran: user, nice and system. Not irq and
+    /// softirq, which are charged to no process: most of it here is the loopback traffic
+    /// of the benchmark itself.
+    busy: u64,
     /// All of it, idle and waiting for I/O included.
     all: u64,
 }
+
+/// The length of a clock tick of `/proc/stat`: `USER_HZ`, 100 on every Linux ABI.
+const TICK: Duration = Duration::from_millis(10);
 
 impl Ticks {
     fn now() -> Self {
@@ -524,6 +531,7 @@ impl Ticks {
         let at = |i: usize| f.get(i).copied().unwrap_or(0);
         Self {
             steal: at(7),
+            busy: at(0) + at(1) + at(2),
             all: f.iter().sum(),
         }
     }
@@ -532,12 +540,14 @@ impl Ticks {
     fn since(self, before: Self) -> Self {
         Self {
             steal: self.steal.saturating_sub(before.steal),
+            busy: self.busy.saturating_sub(before.busy),
             all: self.all.saturating_sub(before.all),
         }
     }
 
     fn add(&mut self, other: Self) {
         self.steal += other.steal;
+        self.busy += other.busy;
         self.all += other.all;
     }
 
@@ -574,8 +584,22 @@ impl Usage {
     /// Cores kept busy by every other process on the machine: other services, the kernel's
     /// own threads. A neighbour inside the guest takes cores from the broker as surely as
     /// the hypervisor's steal does.
+    ///
+    /// Counted twice over, and the larger taken: by process, which misses a process that
+    /// started and ended inside the stretch (a health check's short-lived commands), and
+    /// as the machine's busy time less ours, which has only the clock tick's precision.
     fn others(&self) -> f64 {
-        self.per_wall(self.others.values().sum())
+        self.per_wall(self.others_ns().max(self.named_ns()))
+    }
+
+    fn named_ns(&self) -> u64 {
+        self.others.values().sum()
+    }
+
+    /// The machine's busy time less that of our three processes.
+    fn others_ns(&self) -> u64 {
+        let busy = TICK.as_nanos() as u64 * self.ticks.busy;
+        busy.saturating_sub(self.ns.iter().sum())
     }
 
     /// How long, all threads together, each of ours waited for a CPU, as a share of the
@@ -593,11 +617,18 @@ impl Usage {
     fn busiest(&self) -> String {
         let mut used: Vec<(&String, &u64)> = self.others.iter().collect();
         used.sort_unstable_by(|a, b| b.1.cmp(a.1));
-        used.iter()
+        let used: Vec<String> = used
+            .iter()
             .take(3)
             .map(|(name, ns)| format!("{name} {:.3}", self.per_wall(**ns)))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect::<Vec<_>>();
+        let gone = self.per_wall(self.others_ns().saturating_sub(self.named_ns()));
+        let mut s = used.join(", ");
+        // Below 0.02 it is within the clock tick's precision.
+        if gone >= 0.02 {
+            s.push_str(&format!(", processes that came and went about {gone:.2}"));
+        }
+        s
     }
 }
 
@@ -657,6 +688,63 @@ impl Meter {
     }
 }
 
+/// Other processes' use of the cores through a phase, sampled every 50 ms on a thread of
+/// its own. A neighbour that takes a core for a fifth of a second moves a phase's p99 and
+/// hardly its mean: on these machines a RabbitMQ health check, run every five minutes or
+/// so, starts an Erlang VM that keeps about one core busy for 200 ms.
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Duration, Ticks, u64)>>,
+}
+
+impl Watch {
+    const EVERY: Duration = Duration::from_millis(50);
+    /// The window the peak is taken over: two samples, and twenty clock ticks of the
+    /// machine's two cores, so that the tick's precision is a tenth of a core.
+    const WINDOW: usize = 2;
+
+    fn start(pids: [Option<u32>; 3]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut samples = Vec::new();
+            loop {
+                let ours = pids.iter().flatten().map(|p| cpu_ns(*p)).sum();
+                samples.push((start.elapsed(), Ticks::now(), ours));
+                if stopped.load(Ordering::Relaxed) {
+                    return samples;
+                }
+                std::thread::sleep(Self::EVERY);
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// The most cores other processes kept busy over any 100 ms of the phase, and how far
+    /// into it that stretch began.
+    fn stop(self) -> (f64, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self.thread.join().unwrap_or_default();
+        samples
+            .windows(Self::WINDOW + 1)
+            .filter_map(|w| {
+                let ((t0, ticks0, ours0), (t1, ticks1, ours1)) = (w.first()?, w.last()?);
+                let busy = TICK.as_nanos() as u64 * ticks1.since(*ticks0).busy;
+                // Ours drops when one of our threads exits (its time leaves the sum):
+                // that window cannot be told apart.
+                let ours = ours1.checked_sub(*ours0)?;
+                let others = busy.saturating_sub(ours);
+                let wall = t1.saturating_sub(*t0).as_nanos().max(1) as f64;
+                Some((others as f64 / wall, *t0))
+            })
+            .fold(
+                (0.0, Duration::ZERO),
+                |best, w| if w.0 > best.0 { w } else { best },
+            )
+    }
+}
+
 /// CPU time a process has used, in nanoseconds: the sum over its threads of the first
 /// field of `schedstat` (time on a CPU). Threads that exited are not counted.
 fn cpu_ns(pid: u32) -> u64 {
@@ -706,6 +794,9 @@ struct Row {
     steal: (f64, f64),
     /// Cores other processes on the machine kept busy during the two phases.
     others: (f64, f64),
+    /// During the half-rate phase: the most cores other processes kept busy over 100 ms,
+    /// and when.
+    others_peak: (f64, Duration),
     /// Cores the broker kept busy during the max-rate phase.
     broker_cores: f64,
     /// For `attested`: the ceiling measured before each slice of its max-rate phase and
@@ -880,6 +971,7 @@ fn main() {
             let pool = prepare(scenario, &s, n, a.duration, &rt, addr);
             eprintln!("{backend}/{scenario}: half-rate phase starts");
             let meter = Meter::start(pids);
+            let watch = Watch::start(pids);
             let half = rt.block_on(load::run(
                 addr,
                 pool,
@@ -891,6 +983,7 @@ fn main() {
             ));
             let mut half_used = Usage::default();
             meter.stop(&mut half_used);
+            let others_peak = watch.stop();
             let half_steal = half_used.ticks.steal_share();
             let (_, rss_peak) = rss(pid);
             let half_sorted = sorted(&half);
@@ -918,7 +1011,7 @@ fn main() {
             let mut late = half.lateness.clone();
             late.sort_unstable();
             eprintln!(
-                "{backend}/{scenario}: half rate {half_rate:.0}/s: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; wait before sending (the generator's lag, or every connection busy): p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; {} (the busiest: {}); runnable but waiting for a CPU: {}; CPU stolen by the host {:.0} %",
+                "{backend}/{scenario}: half rate {half_rate:.0}/s: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; wait before sending (the generator's lag, or every connection busy): p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; {} (the busiest: {}; at most {:.2} cores over 100 ms, {:.2} s into the phase); runnable but waiting for a CPU: {}; CPU stolen by the host {:.0} %",
                 half.percentile(&half_sorted, 0.50),
                 half.percentile(&half_sorted, 0.90),
                 half.percentile(&half_sorted, 0.99),
@@ -927,6 +1020,8 @@ fn main() {
                 half.percentile(&late, 1.0) * 1000.0,
                 busy(&half_used),
                 half_used.busiest(),
+                others_peak.0,
+                others_peak.1.as_secs_f64(),
                 half_used.waits(redis_pid.is_some()),
                 half_steal * 100.0,
             );
@@ -955,6 +1050,7 @@ fn main() {
                 ceiling,
                 steal: (max_steal, half_steal),
                 others: (used.others(), half_used.others()),
+                others_peak,
             });
         }
     }
@@ -1024,7 +1120,7 @@ fn report(rows: &[Row], run_ceiling: f64, cores: usize) {
         let errors: u64 = r.max.errors.values().sum::<u64>() + r.half.errors.values().sum::<u64>();
         let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
         println!(
-            "{:<9} attested: ratio = {:.0}/s ÷ {ceiling:.0}/s = {ratio:.3} [{}]; p99 at half rate {p99_half:.2} ms [{}]; RSS idle {:.1} MiB [{}], peak {:.1} MiB [{}]; errors {errors} [{}]; CPU stolen by the host {:.0} % at max rate, {:.0} % at half; other processes {:.2} cores at max rate, {:.2} at half",
+            "{:<9} attested: ratio = {:.0}/s ÷ {ceiling:.0}/s = {ratio:.3} [{}]; p99 at half rate {p99_half:.2} ms [{}]; RSS idle {:.1} MiB [{}], peak {:.1} MiB [{}]; errors {errors} [{}]; CPU stolen by the host {:.0} % at max rate, {:.0} % at half; other processes {:.2} cores at max rate, {:.2} at half and at most {:.2} over 100 ms of it",
             r.backend,
             r.max.rate(),
             verdict(ratio >= 0.70),
@@ -1038,6 +1134,7 @@ fn report(rows: &[Row], run_ceiling: f64, cores: usize) {
             r.steal.1 * 100.0,
             r.others.0,
             r.others.1,
+            r.others_peak.0,
         );
     }
     // What the broker's own CPU buys, with the generator's share of the cores left out:
