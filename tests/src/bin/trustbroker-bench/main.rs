@@ -545,6 +545,11 @@ impl Ticks {
         }
     }
 
+    /// The busy time in nanoseconds.
+    fn busy_ns(self) -> u64 {
+        TICK.as_nanos() as u64 * self.busy
+    }
+
     fn add(&mut self, other: Self) {
         self.steal += other.steal;
         self.busy += other.busy;
@@ -598,8 +603,7 @@ impl Usage {
 
     /// The machine's busy time less that of our three processes.
     fn others_ns(&self) -> u64 {
-        let busy = TICK.as_nanos() as u64 * self.ticks.busy;
-        busy.saturating_sub(self.ns.iter().sum())
+        self.ticks.busy_ns().saturating_sub(self.ns.iter().sum())
     }
 
     /// How long, all threads together, each of ours waited for a CPU, as a share of the
@@ -621,7 +625,7 @@ impl Usage {
             .iter()
             .take(3)
             .map(|(name, ns)| format!("{name} {:.3}", self.per_wall(**ns)))
-            .collect::<Vec<_>>();
+            .collect();
         let gone = self.per_wall(self.others_ns().saturating_sub(self.named_ns()));
         let mut s = used.join(", ");
         // Below 0.02 it is within the clock tick's precision.
@@ -730,7 +734,7 @@ impl Watch {
             .windows(Self::WINDOW + 1)
             .filter_map(|w| {
                 let ((t0, ticks0, ours0), (t1, ticks1, ours1)) = (w.first()?, w.last()?);
-                let busy = TICK.as_nanos() as u64 * ticks1.since(*ticks0).busy;
+                let busy = ticks1.since(*ticks0).busy_ns();
                 // Ours drops when one of our threads exits (its time leaves the sum):
                 // that window cannot be told apart.
                 let ours = ours1.checked_sub(*ours0)?;
