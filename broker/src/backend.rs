@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use token_exchange::keys::KeyRecord;
-use token_exchange::state::{MemoryStore, NonceStore, ReplayStore, RevocationStore};
+use token_exchange::nonce::NonceKey;
+use token_exchange::state::{MemoryStore, ReplayStore, RevocationStore};
 
 use crate::config::StateConfig;
 use crate::redis_state::RedisState;
@@ -16,9 +17,11 @@ use crate::store::{
 /// Where durable state lives, and the ephemeral stores that go with it.
 #[derive(Debug, Clone)]
 pub enum Backend {
-    /// redb on disk; nonces and DPoP `jti`s in this process's memory.
+    /// redb on disk; spent nonces and DPoP `jti`s in this process's memory, and nonces
+    /// minted under a key of its own.
     Embedded {
         store: Arc<DurableStore>,
+        nonce_key: Arc<NonceKey>,
         nonces: Arc<MemoryStore>,
         replay: Arc<MemoryStore>,
     },
@@ -30,23 +33,24 @@ impl Backend {
     /// Opens the backend the config names.
     pub async fn open(cfg: &StateConfig) -> Result<Self, StoreError> {
         match cfg {
-            StateConfig::Embedded { path } => {
-                Ok(Self::embedded(Arc::new(DurableStore::open(path)?)))
-            }
+            StateConfig::Embedded { path } => Self::embedded(Arc::new(DurableStore::open(path)?)),
             StateConfig::Redis { url, key } => Ok(Self::Redis(Arc::new(
                 RedisState::connect(url, &key.0).await?,
             ))),
         }
     }
 
-    pub fn embedded(store: Arc<DurableStore>) -> Self {
-        Self::Embedded {
+    pub fn embedded(store: Arc<DurableStore>) -> Result<Self, StoreError> {
+        let nonce_key = NonceKey::generate()
+            .map_err(|_| StoreError::Db("no randomness for the nonce key".into()))?;
+        Ok(Self::Embedded {
             store,
-            // Separate stores, separate budgets: a flood of unused nonces cannot crowd
-            // out the DPoP replay marks every exchange needs.
+            nonce_key: Arc::new(nonce_key),
+            // Separate stores, separate budgets: spent nonces cannot crowd out the DPoP
+            // replay marks.
             nonces: Arc::new(MemoryStore::new()),
             replay: Arc::new(MemoryStore::new()),
-        }
+        })
     }
 
     /// Where state lives, for the start-up log line.
@@ -57,7 +61,16 @@ impl Backend {
         }
     }
 
-    pub fn nonces(&self) -> Arc<dyn NonceStore> {
+    /// The key nonces are minted and checked under.
+    pub fn nonce_key(&self) -> Arc<NonceKey> {
+        match self {
+            Self::Embedded { nonce_key, .. } => nonce_key.clone(),
+            Self::Redis(r) => r.nonce_key(),
+        }
+    }
+
+    /// Spent nonces.
+    pub fn nonces(&self) -> Arc<dyn ReplayStore> {
         match self {
             Self::Embedded { nonces, .. } => nonces.clone(),
             Self::Redis(r) => r.clone(),

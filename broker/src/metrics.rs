@@ -76,7 +76,7 @@ impl Metrics {
         let store_entries = Family::<Labels, Gauge>::default();
         registry.register(
             "store_entries",
-            "Live entries in the in-process nonce and replay stores (embedded backend)",
+            "Live entries in the in-process stores of spent nonces and of DPoP replay marks (embedded backend)",
             store_entries.clone(),
         );
         Self {

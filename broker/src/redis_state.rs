@@ -26,7 +26,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisFuture, Script, Value};
 use token_exchange::keys::KeyRecord;
-use token_exchange::state::{BoxFuture, NonceStore, ReplayStore, RevocationStore, StateError};
+use token_exchange::nonce::NonceKey;
+use token_exchange::state::{BoxFuture, ReplayStore, RevocationStore, StateError};
 use trust_bundles::UnixTime;
 
 use crate::store::{
@@ -159,6 +160,8 @@ pub struct RedisState {
     /// For a single server: how each event-loop thread opens its own connection.
     per_thread: Option<PerThread>,
     sealer: Sealer,
+    /// Derived from the state key, so every replica mints and accepts the same nonces.
+    nonce_key: Arc<NonceKey>,
     url: String,
 }
 
@@ -390,6 +393,10 @@ impl RedisState {
             conn,
             per_thread,
             sealer: Sealer::new(key)?,
+            nonce_key: Arc::new(
+                NonceKey::derive(key)
+                    .map_err(|_| StoreError::Db("the nonce key could not be derived".into()))?,
+            ),
             url: url.to_owned(),
         };
         state.check_server().await?;
@@ -420,6 +427,25 @@ impl RedisState {
                 tracing::debug!(redis = %redact_url(&self.url), error = %e, "INFO is not answered; the server's version is not read");
             }
         }
+        // Replay marks and spent nonces are keys with a time to live: a server that evicts
+        // under memory pressure would forget them and let what they guard be used again.
+        // With `noeviction` a full server refuses the write, and the broker fails closed.
+        match query_on::<Value>(&mut conn, redis::cmd("INFO").arg("memory")).await {
+            Ok(info) => {
+                let mut texts = Vec::new();
+                collect_text(&info, &mut texts);
+                for text in texts {
+                    if let Some(policy) = evicting(&text) {
+                        return Err(StoreError::Db(format!(
+                            "redis: maxmemory-policy is {policy}; replay marks and spent nonces could be evicted and what they guard used again: set maxmemory-policy to noeviction"
+                        )));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(redis = %redact_url(&self.url), error = %e, "INFO memory is not answered; the eviction policy is not read");
+            }
+        }
         let id: [u8; 16] = aws_lc_rs::rand::generate(&aws_lc_rs::rand::SystemRandom::new())
             .map_err(|_| StoreError::Db("no randomness for the probe key".into()))?
             .expose();
@@ -443,6 +469,11 @@ impl RedisState {
             )));
         }
         Ok(())
+    }
+
+    /// The key the replicas on this state mint and check nonces under.
+    pub fn nonce_key(&self) -> Arc<NonceKey> {
+        self.nonce_key.clone()
     }
 
     /// The URL, password redacted.
@@ -781,65 +812,10 @@ impl RedisState {
             },
         })
     }
-
-    /// `SET key value EXAT exp NX`: `true` if the key was not there.
-    async fn set_nx(
-        &self,
-        key: &str,
-        value: u64,
-        exp: UnixTime,
-        now: UnixTime,
-    ) -> Result<bool, StoreError> {
-        // An expiry already past would make Redis drop the key at once; keep it a second.
-        let exat = exp.as_secs().max(now.as_secs().saturating_add(1));
-        let r: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("EXAT")
-                    .arg(exat)
-                    .arg("NX"),
-            )
-            .await?;
-        Ok(r.is_some())
-    }
 }
 
 fn state_err(e: StoreError) -> StateError {
     StateError(e.to_string())
-}
-
-impl NonceStore for RedisState {
-    fn issue<'a>(
-        &'a self,
-        nonce: &'a str,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> BoxFuture<'a, Result<(), StateError>> {
-        Box::pin(async move {
-            let key = hashed("tb:nonce:", nonce);
-            self.set_nx(&key, expires_at.as_secs(), expires_at, now)
-                .await
-                .map(|_| ())
-                .map_err(state_err)
-        })
-    }
-
-    fn consume<'a>(
-        &'a self,
-        nonce: &'a str,
-        now: UnixTime,
-    ) -> BoxFuture<'a, Result<bool, StateError>> {
-        Box::pin(async move {
-            let key = hashed("tb:nonce:", nonce);
-            let exp: Option<u64> = self
-                .query(redis::cmd("GETDEL").arg(key))
-                .await
-                .map_err(state_err)?;
-            Ok(exp.is_some_and(|exp| exp > now.as_secs()))
-        })
-    }
 }
 
 impl ReplayStore for RedisState {
@@ -851,9 +827,11 @@ impl ReplayStore for RedisState {
     ) -> BoxFuture<'a, Result<bool, StateError>> {
         Box::pin(async move {
             // The value is the mark's own expiry, compared on our clock (Redis's expiry
-            // only reclaims the memory), so every backend answers alike.
+            // only reclaims the memory), so every backend answers alike. The time Redis
+            // keeps it is relative (`EX`): an absolute time would be read on Redis's clock,
+            // and one ahead of ours would drop a mark early and let its replay through.
             let key = hashed("tb:seen:", key);
-            let exat = expires_at.as_secs().max(now.as_secs().saturating_add(1));
+            let ttl = expires_at.as_secs().saturating_sub(now.as_secs()).max(1);
             // Every DPoP proof runs this, so the usual case is one native command: `SET NX
             // GET` marks a key nobody marked and answers what was there. A Lua script cost
             // Redis 11.9 µs a call against 1.8 µs for a `SET` (`INFO commandstats`, one
@@ -863,8 +841,8 @@ impl ReplayStore for RedisState {
                     redis::cmd("SET")
                         .arg(&key)
                         .arg(expires_at.as_secs())
-                        .arg("EXAT")
-                        .arg(exat)
+                        .arg("EX")
+                        .arg(ttl)
                         .arg("NX")
                         .arg("GET"),
                 )
@@ -881,7 +859,7 @@ impl ReplayStore for RedisState {
                         Script::new(
                             r"local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
                               if cur > tonumber(ARGV[2]) then return 0 end
-                              redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
+                              redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
                               return 1",
                         )
                     });
@@ -892,7 +870,7 @@ impl ReplayStore for RedisState {
                             &[
                                 &expires_at.as_secs().to_string(),
                                 &now.as_secs().to_string(),
-                                &exat.to_string(),
+                                &ttl.to_string(),
                             ],
                         )
                         .await
@@ -925,6 +903,15 @@ fn too_old(info: &str) -> Option<&str> {
         .trim();
     let major: u32 = version.split('.').next()?.parse().ok()?;
     (major < 7).then_some(version)
+}
+
+/// The `maxmemory_policy` an `INFO memory` text gives, if it is one that evicts keys.
+fn evicting(info: &str) -> Option<&str> {
+    let policy = info
+        .lines()
+        .find_map(|l| l.strip_prefix("maxmemory_policy:"))?
+        .trim();
+    (policy != "noeviction").then_some(policy)
 }
 
 /// A replay mark's value: the Unix second it lapses at. Anything else fails closed.
@@ -1039,6 +1026,11 @@ mod tests {
         assert_eq!(too_old(&info("7.2.4")), None);
         assert_eq!(too_old(&info("10.0.0")), None);
         assert_eq!(too_old("# Server\r\nno version here\r\n"), None);
+        let memory = |p: &str| format!("# Memory\r\nused_memory:1\r\nmaxmemory_policy:{p}\r\n");
+        assert_eq!(evicting(&memory("noeviction")), None);
+        assert_eq!(evicting(&memory("allkeys-lru")), Some("allkeys-lru"));
+        assert_eq!(evicting(&memory("volatile-ttl")), Some("volatile-ttl"));
+        assert_eq!(evicting("# Memory\r\nno policy here\r\n"), None);
         // A cluster answers per node: every node's text is read.
         let mut texts = Vec::new();
         collect_text(

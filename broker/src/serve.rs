@@ -181,6 +181,7 @@ pub async fn build(
         Policy::new(cfg.boundaries.clone()),
         ring.clone(),
         Stores {
+            nonce_key: backend.nonce_key(),
             nonces: backend.nonces(),
             replay: backend.replay(),
             // Durable: a restart must not reopen a single-use token's window.

@@ -393,7 +393,7 @@ async fn token(
 }
 
 async fn challenge(state: web::Data<AppState>) -> HttpResponse {
-    match state.exchanger.challenge().await {
+    match state.exchanger.challenge() {
         Ok(nonce) => {
             let mut resp = no_store(HttpResponse::Ok().json(json!({
                 "nonce": nonce.as_str(),

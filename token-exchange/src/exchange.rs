@@ -20,12 +20,13 @@ use crate::dpop::{self, IAT_WINDOW, ProofTarget, VerifiedProof};
 use crate::error::{ErrorCode, EvidenceError, ExchangeError};
 use crate::keys::{KeyRing, SigningAlg};
 use crate::mint::{self, AttestationRef, Claims, TokenShape};
+use crate::nonce::NonceKey;
 use crate::policy::{
     AttestationMode, Boundary, CrossingContext, OutputType, Policy, PolicyError, TokenLimits,
 };
 use crate::request::{ExchangeRequest, RequestedTokenType};
 use crate::revocation::{self, MAX_LINEAGE, TokenFacts};
-use crate::state::{NonceStore, ReplayStore, RevocationStore};
+use crate::state::{ReplayStore, RevocationStore};
 use crate::subject::{DomainKind, MAX_ACT_DEPTH, TokenError, ValidatedToken, Validator};
 use crate::types::{Nonce, TokenTypeUri};
 
@@ -143,7 +144,11 @@ impl ExchangeSettings {
 /// The stores the exchange consumes from.
 #[derive(Clone)]
 pub struct Stores {
-    pub nonces: Arc<dyn NonceStore>,
+    /// The key nonces are minted and checked under: handing one out writes nothing (see
+    /// [`crate::nonce`]). Replicas that share `nonces` share it.
+    pub nonce_key: Arc<NonceKey>,
+    /// Spent nonces, each kept until it expires (and the clock skew after).
+    pub nonces: Arc<dyn ReplayStore>,
     /// DPoP proof `jti`s: as short-lived as the nonces they ride with.
     pub replay: Arc<dyn ReplayStore>,
     /// Subject-token `jti`s of `single_use` boundaries: they must outlive a restart for
@@ -234,17 +239,15 @@ impl Exchanger {
         &self.settings
     }
 
-    /// Issues a fresh nonce (`POST /attest/challenge`, and with nonce errors).
-    pub async fn challenge(&self) -> Result<Nonce, ExchangeError> {
+    /// A fresh nonce (`POST /attest/challenge`, and with nonce errors). Nothing is
+    /// stored: anyone may ask, as often as they like.
+    pub fn challenge(&self) -> Result<Nonce, ExchangeError> {
         let now = self.clock.now();
-        let nonce = Nonce::generate()
-            .map_err(|_| ExchangeError::Signing(crate::keys::KeyError::Generate))?;
         let expires = now.checked_add(NONCE_TTL).unwrap_or(now);
         self.stores
-            .nonces
-            .issue(nonce.as_str(), expires, now)
-            .await?;
-        Ok(nonce)
+            .nonce_key
+            .mint(expires)
+            .map_err(|_| ExchangeError::Signing(crate::keys::KeyError::Generate))
     }
 
     /// Decides one token exchange.
@@ -271,10 +274,10 @@ impl Exchanger {
                         | ErrorCode::UseFreshAttestation
                         | ErrorCode::UseAttestationChallenge
                 );
-                // A store that cannot issue a nonce leaves the header off; the refusal
-                // itself stands.
+                // A nonce that cannot be made (no randomness) leaves the header off; the
+                // refusal itself stands.
                 let fresh_nonce = if wants_nonce {
-                    self.challenge().await.ok()
+                    self.challenge().ok()
                 } else {
                     None
                 };
@@ -397,18 +400,30 @@ impl Exchanger {
         let nonce_error = ExchangeError::Nonce {
             evidence_presented: evidence.is_some(),
         };
-        if let Some(p) = &proof {
-            match &p.nonce {
-                Some(n) if n.parse::<Nonce>().is_ok() => {}
-                _ => return Err(nonce_error),
-            }
-            if subject
+        // Whether this broker minted the nonce, and until when: checked here, before any
+        // state is touched (spent with the rest, below). No nonce is minted for longer than
+        // its TTL: one that claims more came from a clock far ahead, and its spent mark
+        // would be kept that long.
+        let latest = now
+            .checked_add(NONCE_TTL + self.settings.skew)
+            .unwrap_or(now);
+        let nonce_expiry = match &proof {
+            Some(p) => Some(
+                p.nonce
+                    .as_deref()
+                    .and_then(|n| self.stores.nonce_key.open(n, now))
+                    .filter(|expires| *expires <= latest)
+                    .ok_or_else(|| nonce_error.clone())?,
+            ),
+            None => None,
+        };
+        if let Some(p) = &proof
+            && subject
                 .cnf_jkt
                 .as_ref()
                 .is_some_and(|bound| *bound != p.jkt)
-            {
-                return Err(ExchangeError::DpopKeyMismatch);
-            }
+        {
+            return Err(ExchangeError::DpopKeyMismatch);
         }
 
         // Evidence, the local half.
@@ -451,9 +466,12 @@ impl Exchanger {
                     }
                 },
                 async {
-                    match &proof {
-                        Some(p) => self.spend(p, now, nonce_error).await,
-                        None => Ok(()),
+                    match (&proof, nonce_expiry) {
+                        (Some(p), Some(until)) => self.spend(p, until, now, nonce_error).await,
+                        (None, _) => Ok(()),
+                        // A proof whose nonce was not checked spends nothing and passes
+                        // nothing.
+                        (Some(_), None) => Err(nonce_error),
                     }
                 },
             ),
@@ -592,22 +610,30 @@ impl Exchanger {
         }
     }
 
-    /// Consumes the proof's nonce and marks its `jti`, both at once; a bad nonce is the
-    /// refusal when both fail.
+    /// Spends the proof's nonce (checked to be this broker's, good until `nonce_expiry`)
+    /// and marks its `jti`, both at once; a spent nonce is the refusal when both fail.
     async fn spend(
         &self,
         proof: &VerifiedProof,
+        nonce_expiry: UnixTime,
         now: UnixTime,
         nonce_error: ExchangeError,
     ) -> Result<(), ExchangeError> {
         let nonce = proof.nonce.as_deref().ok_or_else(|| nonce_error.clone())?;
+        // Kept past the nonce's expiry by the skew: a replica whose clock is behind still
+        // takes it for unexpired a little longer.
+        let spent_until = nonce_expiry
+            .checked_add(self.settings.skew)
+            .unwrap_or(nonce_expiry);
         // RFC 9449 §11.1: a proof is single use for as long as its `iat` is acceptable.
         let until = now
             .checked_add(IAT_WINDOW + self.settings.skew)
             .unwrap_or(now);
         let key = format!("dpop:{}:{}", proof.jkt, proof.jti);
         let (fresh, first) = join(
-            self.stores.nonces.consume(nonce, now),
+            self.stores
+                .nonces
+                .check_and_mark(&format!("nonce:{nonce}"), spent_until, now),
             self.stores.replay.check_and_mark(&key, until, now),
         )
         .await;

@@ -16,6 +16,7 @@ pub mod glob;
 pub mod introspect;
 pub mod keys;
 pub mod mint;
+pub mod nonce;
 pub mod policy;
 pub mod request;
 pub mod revocation;

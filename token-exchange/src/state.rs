@@ -29,26 +29,8 @@ pub trait KeySource: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<Arc<Jwk>>, StateError>>;
 }
 
-/// Broker nonces (SPEC §4, §6): issued here, consumed at most once, anywhere.
-pub trait NonceStore: Send + Sync {
-    /// Records a nonce issued at `now`, good until `expires_at`.
-    fn issue<'a>(
-        &'a self,
-        nonce: &'a str,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> BoxFuture<'a, Result<(), StateError>>;
-
-    /// Consumes `nonce`: `true` exactly once for an issued, unexpired nonce, `false` for
-    /// unknown, expired or already consumed ones. Atomic across callers.
-    fn consume<'a>(
-        &'a self,
-        nonce: &'a str,
-        now: UnixTime,
-    ) -> BoxFuture<'a, Result<bool, StateError>>;
-}
-
-/// Single-use markers (subject-token `jti`s of `single_use` boundaries, DPoP proof `jti`s).
+/// Single-use markers (spent broker nonces, subject-token `jti`s of `single_use` boundaries,
+/// DPoP proof `jti`s).
 pub trait ReplayStore: Send + Sync {
     /// Marks `key` as seen until `expires_at`: `true` if it was not already marked.
     fn check_and_mark<'a>(
@@ -120,7 +102,7 @@ impl KeySource for StaticKeys {
     }
 }
 
-/// Expiring single-use entries in memory: the nonce and replay stores of one process.
+/// Expiring single-use entries in memory: the spent nonces and replay marks of one process.
 ///
 /// The entries are split over [`SHARDS`] maps by a keyed hash of their key, each behind a
 /// lock of its own, so that sweeping the expired entries of one map, or growing its table,
@@ -165,8 +147,7 @@ const SHARDS: usize = 256;
 /// First sweep threshold of the whole store.
 const SWEEP_AT: usize = 4096;
 /// Most live entries held: past it, writes fail closed (503) instead of growing memory
-/// without bound when someone requests nonces and never uses them. Each map holds at most
-/// its share.
+/// without bound. Each map holds at most its share.
 pub const MAX_MEMORY_ENTRIES: usize = 1_000_000;
 
 impl MemoryStore {
@@ -234,33 +215,6 @@ impl Entries {
             return Err(StateError("in-memory store is full".into()));
         }
         Ok(())
-    }
-}
-
-impl NonceStore for MemoryStore {
-    fn issue<'a>(
-        &'a self,
-        nonce: &'a str,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> BoxFuture<'a, Result<(), StateError>> {
-        let result = self.shard(nonce).and_then(|mut e| {
-            e.reserve(now)?;
-            e.map.insert(nonce.to_owned(), expires_at);
-            Ok(())
-        });
-        Box::pin(async move { result })
-    }
-
-    fn consume<'a>(
-        &'a self,
-        nonce: &'a str,
-        now: UnixTime,
-    ) -> BoxFuture<'a, Result<bool, StateError>> {
-        let fresh = self
-            .shard(nonce)
-            .map(|mut e| e.map.remove(nonce).is_some_and(|exp| exp > now));
-        Box::pin(async move { fresh })
     }
 }
 
@@ -359,17 +313,6 @@ mod tests {
     }
 
     #[test]
-    fn nonces_are_consumed_once_and_expire() {
-        let s = MemoryStore::new();
-        run(s.issue("n1", t(160), t(100))).unwrap();
-        assert!(run(s.consume("n1", t(150))).unwrap());
-        assert!(!run(s.consume("n1", t(150))).unwrap());
-        run(s.issue("n2", t(160), t(100))).unwrap();
-        assert!(!run(s.consume("n2", t(160))).unwrap(), "expired at 160");
-        assert!(!run(s.consume("never", t(100))).unwrap());
-    }
-
-    #[test]
     fn replay_marks_hold_until_expiry() {
         let s = MemoryStore::new();
         assert!(run(s.check_and_mark("k", t(200), t(100))).unwrap());
@@ -393,7 +336,7 @@ mod tests {
         let s = one_map(100_000);
         let first = SWEEP_AT / SHARDS;
         for i in 0..(first * 3) {
-            run(s.issue(&format!("n{i}"), t(10), t(0))).unwrap();
+            run(s.check_and_mark(&format!("n{i}"), t(10), t(0))).unwrap();
         }
         let peak = s.len();
         assert_eq!(peak, first * 3);
@@ -401,7 +344,7 @@ mod tests {
         // live count after the last sweep) is reached, never later.
         let mut swept_after = None;
         for i in 0..(first * 2) {
-            run(s.issue(&format!("late{i}"), t(100), t(50))).unwrap();
+            run(s.check_and_mark(&format!("late{i}"), t(100), t(50))).unwrap();
             if s.len() < peak {
                 swept_after = Some(i);
                 break;
@@ -438,18 +381,17 @@ mod tests {
     fn a_store_full_of_live_entries_refuses_and_sweeps_once_a_second() {
         let s = one_map(100);
         for i in 0..100 {
-            run(s.issue(&format!("n{i}"), t(1000), t(0))).unwrap();
+            run(s.check_and_mark(&format!("n{i}"), t(1000), t(0))).unwrap();
         }
         let before = s.sweeps();
         for i in 0..1000 {
-            assert!(run(s.issue(&format!("more{i}"), t(1000), t(0))).is_err());
+            assert!(run(s.check_and_mark(&format!("more{i}"), t(1000), t(0))).is_err());
         }
         assert_eq!(s.sweeps(), before + 1, "one sweep found it full");
-        assert!(run(s.issue("later", t(1000), t(1))).is_err());
+        assert!(run(s.check_and_mark("later", t(1000), t(1))).is_err());
         assert_eq!(s.sweeps(), before + 2, "the clock moved: one more");
-        // A consumed nonce makes room at once.
-        assert!(run(s.consume("n7", t(1))).unwrap());
-        run(s.issue("later", t(1000), t(1))).unwrap();
+        // A key already marked is answered, full or not: a replay is still a replay.
+        assert_eq!(run(s.check_and_mark("n7", t(1000), t(1))), Ok(false));
         assert_eq!(s.len(), 100);
     }
 
@@ -459,14 +401,11 @@ mod tests {
         let s = MemoryStore::new();
         for i in 0..2000 {
             assert!(run(s.check_and_mark(&format!("k{i}"), t(200), t(100))).unwrap());
-            run(s.issue(&format!("n{i}"), t(160), t(100))).unwrap();
         }
         let used = s.shards.iter().filter(|m| !lock(m).map.is_empty()).count();
         assert!(used > SHARDS / 2, "{used} of {SHARDS} maps used");
         for i in 0..2000 {
             assert!(!run(s.check_and_mark(&format!("k{i}"), t(300), t(150))).unwrap());
-            assert!(run(s.consume(&format!("n{i}"), t(150))).unwrap());
-            assert!(!run(s.consume(&format!("n{i}"), t(150))).unwrap());
         }
         assert_eq!(s.len(), 2000);
     }

@@ -5,15 +5,13 @@ use std::sync::Arc;
 
 use broker::backend::Backend;
 use broker::config::{StateConfig, StateKey};
-use token_exchange::state::{
-    MemoryRevocations, MemoryStore, NonceStore, ReplayStore, RevocationStore,
-};
+use token_exchange::state::{MemoryRevocations, MemoryStore, ReplayStore, RevocationStore};
 use trust_bundles::{Clock, SystemClock, UnixTime};
 use trustbroker_tests::redis::{RedisCluster, RedisServer};
 
 /// The stores under test, and what keeps their backend alive.
 struct Stores {
-    nonces: Arc<dyn NonceStore>,
+    nonces: Arc<dyn ReplayStore>,
     replay: Arc<dyn ReplayStore>,
     single_use: Arc<dyn ReplayStore>,
     revocations: Arc<dyn RevocationStore>,
@@ -91,27 +89,70 @@ fn run<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-async fn nonces_are_consumed_once_and_expire(s: Stores) {
+async fn nonces_are_spent_once_until_they_expire(s: Stores) {
     let n = t0();
-    s.nonces.issue("n1", t(n + 60), t(n)).await.unwrap();
-    assert!(s.nonces.consume("n1", t(n + 1)).await.unwrap());
     assert!(
-        !s.nonces.consume("n1", t(n + 1)).await.unwrap(),
+        s.nonces
+            .check_and_mark("nonce:n1", t(n + 60), t(n + 1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.nonces
+            .check_and_mark("nonce:n1", t(n + 60), t(n + 1))
+            .await
+            .unwrap(),
         "second use"
     );
-    s.nonces.issue("n2", t(n + 60), t(n)).await.unwrap();
-    assert!(!s.nonces.consume("n2", t(n + 60)).await.unwrap(), "expired");
-    assert!(!s.nonces.consume("never-issued", t(n)).await.unwrap());
+    assert!(
+        !s.nonces
+            .check_and_mark("nonce:n1", t(n + 60), t(n + 59))
+            .await
+            .unwrap(),
+        "second use, just before the mark lapses"
+    );
+    assert!(
+        s.nonces
+            .check_and_mark("nonce:n1", t(n + 60), t(n + 60))
+            .await
+            .unwrap(),
+        "the mark lapses with the nonce (which no longer opens by then)"
+    );
+    assert!(
+        s.nonces
+            .check_and_mark("nonce:n2", t(n + 60), t(n + 1))
+            .await
+            .unwrap()
+    );
+    // A broker whose clock is far behind the state's: its marks still hold for as long
+    // as it asked (an expiry read on the state's clock would already be past).
+    let behind = n - 10_000;
+    for (store, key) in [(&s.nonces, "nonce:n3"), (&s.replay, "dpop:k:j3")] {
+        assert!(
+            store
+                .check_and_mark(key, t(behind + 60), t(behind))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .check_and_mark(key, t(behind + 60), t(behind + 1))
+                .await
+                .unwrap(),
+            "{key}: a second use by a broker with a clock behind"
+        );
+    }
 }
 
 async fn a_nonce_raced_by_fifty_consumers_is_consumed_once(s: Stores) {
     let n = t0();
-    s.nonces.issue("race", t(n + 60), t(n)).await.unwrap();
-    let wins = futures_util::future::join_all((0..50).map(|_| s.nonces.consume("race", t(n))))
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
+    let wins = futures_util::future::join_all(
+        (0..50).map(|_| s.nonces.check_and_mark("nonce:race", t(n + 60), t(n))),
+    )
+    .await
+    .into_iter()
+    .filter(|r| *r.as_ref().unwrap())
+    .count();
     assert_eq!(wins, 1);
 }
 
@@ -215,8 +256,10 @@ macro_rules! contract {
             use super::*;
 
             #[test]
-            fn nonces_are_consumed_once_and_expire() {
-                run(async { super::nonces_are_consumed_once_and_expire($backend().await).await })
+            fn nonces_are_spent_once_until_they_expire() {
+                run(async {
+                    super::nonces_are_spent_once_until_they_expire($backend().await).await
+                })
             }
 
             #[test]
@@ -500,7 +543,7 @@ fn a_thread_closes_its_own_connection_of_a_redis_state_that_is_gone() {
         // A state used on this (current-thread) runtime: its shared connection, and the
         // one this thread opens for it.
         let first = open().await;
-        first.nonces().consume("n", now).await.unwrap();
+        first.nonces().check_and_mark("n", now, now).await.unwrap();
         assert!(
             until_clients(&server, 2).await,
             "{:?}",
@@ -520,7 +563,7 @@ fn a_thread_closes_its_own_connection_of_a_redis_state_that_is_gone() {
         // ...which a second state's first use does: the stale one is closed then, so a
         // thread never holds more than one connection per live state.
         let second = open().await;
-        second.nonces().consume("n", now).await.unwrap();
+        second.nonces().check_and_mark("n", now, now).await.unwrap();
         assert_eq!(broker::redis_state::thread_connections(), 1);
         assert!(
             until_clients(&server, 2).await,
@@ -639,7 +682,7 @@ fn with_redis_down_a_thread_tries_its_own_connection_once_per_wait() {
         let now = t(t0());
         for _ in 0..6 {
             // No Redis: an error (fail closed), never a "fresh" answer.
-            assert!(b.nonces().consume("n", now).await.is_err());
+            assert!(b.nonces().check_and_mark("n", now, now).await.is_err());
             // Real time, for the real refusal of the open to come back.
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -715,6 +758,27 @@ fn a_server_that_cannot_hold_replay_marks_is_refused_at_start() {
         // A real server passes both.
         let server = RedisServer::start();
         assert!(open(server.url()).await.is_ok());
+        // One that evicts keys when its memory is full could forget a mark: refused, and
+        // told what to set.
+        let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
+        for policy in ["allkeys-lru", "volatile-ttl"] {
+            assert!(
+                trustbroker_tests::redis::raw_command(
+                    port,
+                    &format!("CONFIG SET maxmemory-policy {policy}")
+                )
+                .unwrap()
+                .starts_with("+OK")
+            );
+            let Err(e) = open(server.url()).await else {
+                panic!("a server with maxmemory-policy {policy} accepted");
+            };
+            assert!(e.to_string().contains(policy), "{e}");
+            assert!(
+                e.to_string().contains("set maxmemory-policy to noeviction"),
+                "{e}"
+            );
+        }
     })
 }
 
@@ -744,5 +808,35 @@ fn a_replay_mark_that_is_not_a_time_fails_closed() {
                 .is_err(),
             "neither first nor a replay: an error"
         );
+    })
+}
+
+/// Nonces are minted without state (a MAC under a key): replicas on one Redis derive the
+/// same key from their state key and accept each other's; a broker with another state key,
+/// or an embedded one, accepts none of them.
+#[test]
+fn replicas_on_one_redis_accept_each_others_nonces_and_no_other_broker_does() {
+    run(async {
+        let server = RedisServer::start();
+        let now = t(t0());
+        let until = t(t0() + 60);
+        let (a, b) = (redis_at(server.url()).await, redis_at(server.url()).await);
+        let n = a.nonce_key().mint(until).unwrap();
+        assert_eq!(b.nonce_key().open(n.as_str(), now), Some(until));
+
+        let other = Backend::open(&StateConfig::Redis {
+            url: server.url(),
+            key: StateKey([8; 32]),
+        })
+        .await
+        .unwrap();
+        assert_eq!(other.nonce_key().open(n.as_str(), now), None);
+
+        let (e1, _keep1) = open_embedded().await;
+        let (e2, _keep2) = open_embedded().await;
+        assert_eq!(e1.nonce_key().open(n.as_str(), now), None);
+        let m = e1.nonce_key().mint(until).unwrap();
+        assert_eq!(e1.nonce_key().open(m.as_str(), now), Some(until));
+        assert_eq!(e2.nonce_key().open(m.as_str(), now), None);
     })
 }

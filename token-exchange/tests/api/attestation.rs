@@ -55,6 +55,54 @@ fn a_consumed_nonce_is_use_fresh_attestation() {
     assert!(again.result.unwrap_err().fresh_nonce.is_some());
 }
 
+/// Evidence over a nonce this broker did not mint, or one that has expired, is refused
+/// before anything is spent, with a fresh nonce to try again with.
+#[test]
+fn evidence_over_a_foreign_or_expired_nonce_is_use_fresh_attestation() {
+    let f = fixture(false);
+    let d = Dpop::new();
+    let foreign = token_exchange::nonce::NonceKey::generate()
+        .unwrap()
+        .mint(trust_bundles::UnixTime::from_secs(f.w.now() + 60))
+        .unwrap();
+    let ev = evidence(
+        &f.node,
+        WORKLOAD,
+        foreign.as_str(),
+        &d.jkt,
+        f.w.now(),
+        facts(),
+    );
+    let out = attested(&f, &d, foreign.as_str(), &ev);
+    assert_eq!(
+        World::code(&out),
+        "use_fresh_attestation",
+        "a foreign nonce"
+    );
+    assert!(out.result.unwrap_err().fresh_nonce.is_some());
+
+    let n = f.w.nonce();
+    f.w.clock.advance(std::time::Duration::from_secs(60));
+    let ev = evidence(&f.node, WORKLOAD, &n, &d.jkt, f.w.now(), facts());
+    let out = attested(&f, &d, &n, &ev);
+    assert_eq!(
+        World::code(&out),
+        "use_fresh_attestation",
+        "an expired nonce"
+    );
+    let fresh = out.result.unwrap_err().fresh_nonce.unwrap();
+    // The fresh one works, with the same key and new evidence.
+    let ev = evidence(
+        &f.node,
+        WORKLOAD,
+        fresh.as_str(),
+        &d.jkt,
+        f.w.now(),
+        facts(),
+    );
+    assert!(attested(&f, &d, fresh.as_str(), &ev).result.is_ok());
+}
+
 #[test]
 fn stale_evidence_is_use_fresh_attestation() {
     let f = fixture(false);

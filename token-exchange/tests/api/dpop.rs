@@ -242,6 +242,38 @@ fn missing_unknown_or_expired_nonces() {
         let fresh = out.result.unwrap_err().fresh_nonce.unwrap();
         assert_eq!(fresh.as_str().len(), 43);
     }
+    // Well formed and unexpired, but minted by another broker (another key).
+    let foreign = token_exchange::nonce::NonceKey::generate()
+        .unwrap()
+        .mint(UnixTime::from_secs(w.now() + 60))
+        .unwrap();
+    let out = dpop_exchange(&w, &d.proof(w.now(), Some(foreign.as_str())));
+    assert_eq!(
+        World::code(&out),
+        "use_dpop_nonce",
+        "another broker's nonce"
+    );
+
+    // This broker's key, but good for longer than any nonce it hands out (its TTL, 60 s,
+    // and the skew, 30 s): minted on a clock far ahead.
+    let mint = |secs| {
+        w.nonce_key
+            .mint(UnixTime::from_secs(w.now() + secs))
+            .unwrap()
+    };
+    let out = dpop_exchange(&w, &d.proof(w.now(), Some(mint(91).as_str())));
+    assert_eq!(
+        World::code(&out),
+        "use_dpop_nonce",
+        "a nonce from the future"
+    );
+    assert!(
+        dpop_exchange(&w, &d.proof(w.now(), Some(mint(90).as_str())))
+            .result
+            .is_ok(),
+        "at the limit"
+    );
+
     let nonce = w.nonce();
     w.clock.advance(Duration::from_secs(61));
     let out = dpop_exchange(&w, &d.proof(w.now(), Some(&nonce)));

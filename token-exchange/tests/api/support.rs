@@ -181,6 +181,8 @@ pub struct World {
     pub cluster: Signer,
     pub github: Signer,
     pub ring: Arc<RwLock<KeyRing>>,
+    /// The key the exchanger mints its nonces under.
+    pub nonce_key: Arc<token_exchange::nonce::NonceKey>,
     pub exchanger: Exchanger,
 }
 
@@ -331,6 +333,7 @@ impl World {
         ];
         let validator = Validator::new(domains, key_source, Duration::from_secs(30));
         let store = Arc::new(MemoryStore::new());
+        let nonce_key = Arc::new(token_exchange::nonce::NonceKey::generate().unwrap());
         let exchanger = Exchanger::new(
             ExchangeSettings {
                 issuer: ISSUER.into(),
@@ -344,6 +347,7 @@ impl World {
             Policy::new(boundaries),
             ring.clone(),
             Stores {
+                nonce_key: nonce_key.clone(),
                 nonces: store.clone(),
                 replay: store.clone(),
                 single_use: store.clone(),
@@ -357,6 +361,7 @@ impl World {
             cluster,
             github,
             ring,
+            nonce_key,
             exchanger,
         }
     }
@@ -407,10 +412,7 @@ impl World {
     }
 
     pub fn nonce(&self) -> String {
-        block_on(self.exchanger.challenge())
-            .unwrap()
-            .as_str()
-            .to_owned()
+        self.exchanger.challenge().unwrap().as_str().to_owned()
     }
 
     pub fn exchange(&self, form: &[(&str, &str)], dpop: &[&str], evidence: &[&str]) -> Outcome {
