@@ -411,39 +411,21 @@ impl RedisState {
     async fn check_server(&self) -> Result<(), StoreError> {
         // On the shared connection: this thread's own is for the requests it will serve.
         let mut conn = self.conn.clone();
-        match query_on::<Value>(&mut conn, redis::cmd("INFO").arg("server")).await {
-            Ok(info) => {
-                let mut texts = Vec::new();
-                collect_text(&info, &mut texts);
-                for text in texts {
-                    if let Some(version) = too_old(&text) {
-                        return Err(StoreError::Db(format!(
-                            "redis: the server is Redis {version}; trustbroker needs Redis 7.0 or later"
-                        )));
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(redis = %redact_url(&self.url), error = %e, "INFO is not answered; the server's version is not read");
+        for text in self.info(&mut conn, "server").await {
+            if let Some(version) = too_old(&text) {
+                return Err(StoreError::Db(format!(
+                    "redis: the server is Redis {version}; trustbroker needs Redis 7.0 or later"
+                )));
             }
         }
         // Replay marks and spent nonces are keys with a time to live: a server that evicts
         // under memory pressure would forget them and let what they guard be used again.
         // With `noeviction` a full server refuses the write, and the broker fails closed.
-        match query_on::<Value>(&mut conn, redis::cmd("INFO").arg("memory")).await {
-            Ok(info) => {
-                let mut texts = Vec::new();
-                collect_text(&info, &mut texts);
-                for text in texts {
-                    if let Some(policy) = evicting(&text) {
-                        return Err(StoreError::Db(format!(
-                            "redis: maxmemory-policy is {policy}; replay marks and spent nonces could be evicted and what they guard used again: set maxmemory-policy to noeviction"
-                        )));
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(redis = %redact_url(&self.url), error = %e, "INFO memory is not answered; the eviction policy is not read");
+        for text in self.info(&mut conn, "memory").await {
+            if let Some(policy) = evicting(&text) {
+                return Err(StoreError::Db(format!(
+                    "redis: maxmemory-policy is {policy}; replay marks and spent nonces could be evicted and what they guard used again: set maxmemory-policy to noeviction"
+                )));
             }
         }
         let id: [u8; 16] = aws_lc_rs::rand::generate(&aws_lc_rs::rand::SystemRandom::new())
@@ -469,6 +451,19 @@ impl RedisState {
             )));
         }
         Ok(())
+    }
+
+    /// Every text of `INFO section` (one per node of a cluster); none from a server or
+    /// proxy that does not answer it, whose settings then go unread.
+    async fn info(&self, conn: &mut Conn, section: &str) -> Vec<String> {
+        let mut texts = Vec::new();
+        match query_on::<Value>(conn, redis::cmd("INFO").arg(section)).await {
+            Ok(info) => collect_text(&info, &mut texts),
+            Err(e) => {
+                tracing::debug!(redis = %redact_url(&self.url), error = %e, section, "INFO is not answered; the server's settings are not read");
+            }
+        }
+        texts
     }
 
     /// The key the replicas on this state mint and check nonces under.

@@ -91,54 +91,32 @@ fn run<F: std::future::Future>(f: F) -> F::Output {
 
 async fn nonces_are_spent_once_until_they_expire(s: Stores) {
     let n = t0();
+    // (store, key, kept until, now) → whether the mark was taken.
+    let mark = |store: &Arc<dyn ReplayStore>, key: &'static str, until: u64, now: u64| {
+        let store = store.clone();
+        async move { store.check_and_mark(key, t(until), t(now)).await.unwrap() }
+    };
+    assert!(mark(&s.nonces, "nonce:n1", n + 60, n + 1).await);
     assert!(
-        s.nonces
-            .check_and_mark("nonce:n1", t(n + 60), t(n + 1))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !s.nonces
-            .check_and_mark("nonce:n1", t(n + 60), t(n + 1))
-            .await
-            .unwrap(),
+        !mark(&s.nonces, "nonce:n1", n + 60, n + 1).await,
         "second use"
     );
     assert!(
-        !s.nonces
-            .check_and_mark("nonce:n1", t(n + 60), t(n + 59))
-            .await
-            .unwrap(),
+        !mark(&s.nonces, "nonce:n1", n + 60, n + 59).await,
         "second use, just before the mark lapses"
     );
     assert!(
-        s.nonces
-            .check_and_mark("nonce:n1", t(n + 60), t(n + 60))
-            .await
-            .unwrap(),
+        mark(&s.nonces, "nonce:n1", n + 60, n + 60).await,
         "the mark lapses with the nonce (which no longer opens by then)"
     );
-    assert!(
-        s.nonces
-            .check_and_mark("nonce:n2", t(n + 60), t(n + 1))
-            .await
-            .unwrap()
-    );
+    assert!(mark(&s.nonces, "nonce:n2", n + 60, n + 1).await);
     // A broker whose clock is far behind the state's: its marks still hold for as long
     // as it asked (an expiry read on the state's clock would already be past).
     let behind = n - 10_000;
     for (store, key) in [(&s.nonces, "nonce:n3"), (&s.replay, "dpop:k:j3")] {
+        assert!(mark(store, key, behind + 60, behind).await);
         assert!(
-            store
-                .check_and_mark(key, t(behind + 60), t(behind))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !store
-                .check_and_mark(key, t(behind + 60), t(behind + 1))
-                .await
-                .unwrap(),
+            !mark(store, key, behind + 60, behind + 1).await,
             "{key}: a second use by a broker with a clock behind"
         );
     }
