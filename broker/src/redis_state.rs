@@ -924,10 +924,13 @@ impl RevocationStore for RedisState {
     ) -> BoxFuture<'a, Result<(), StateError>> {
         Box::pin(async move {
             // The value is "<revoked at>:<kept until>"; revoking again keeps the later of
-            // each.
+            // each. Redis keeps it for a relative time, from `at` (every caller revokes as
+            // of its now): an absolute time would be read on Redis's clock, and one ahead
+            // of ours would drop the revocation early and let the token through again.
             let script = Script::new(
                 r"local old = redis.call('GET', KEYS[1])
-                  local at, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
+                  local now = tonumber(ARGV[1])
+                  local at, keep = now, tonumber(ARGV[2])
                   if old then
                     local oa, ok = string.match(old, '^(%d+):(%d+)$')
                     if oa then
@@ -935,7 +938,7 @@ impl RevocationStore for RedisState {
                       keep = math.max(keep, tonumber(ok))
                     end
                   end
-                  redis.call('SET', KEYS[1], at .. ':' .. keep, 'EXAT', keep)
+                  redis.call('SET', KEYS[1], at .. ':' .. keep, 'EX', math.max(keep - now, 1))
                   return at",
             );
             let keep = keep_until.as_secs().max(at.as_secs().saturating_add(1));

@@ -226,6 +226,18 @@ async fn revocations_keep_the_latest_time_until_they_lapse(s: Stores) {
         r.revoked_at(&[], t(n)).await.unwrap(),
         Vec::<Option<UnixTime>>::new()
     );
+    // A broker whose clock is far behind the state's: its revocation holds for as long
+    // as it asked (a keep time read on the state's clock would already be past).
+    let behind = n - 10_000;
+    r.revoke("tok:behind", t(behind), t(behind + 600))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.revoked_at(&["tok:behind".to_owned()], t(behind + 10))
+            .await
+            .unwrap(),
+        vec![Some(t(behind))]
+    );
 }
 
 macro_rules! contract {
