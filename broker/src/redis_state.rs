@@ -418,13 +418,14 @@ impl RedisState {
                 )));
             }
         }
-        // Replay marks and spent nonces are keys with a time to live: a server that evicts
-        // under memory pressure would forget them and let what they guard be used again.
-        // With `noeviction` a full server refuses the write, and the broker fails closed.
+        // Replay marks, spent nonces and revocations are keys with a time to live: a server
+        // that evicts under memory pressure would forget them and let what they guard be
+        // used again. With `noeviction` a full server refuses the write, and the broker
+        // fails closed. Read once, at start, from the primaries that answer `INFO`.
         for text in self.info(&mut conn, "memory").await {
             if let Some(policy) = evicting(&text) {
                 return Err(StoreError::Db(format!(
-                    "redis: maxmemory-policy is {policy}; replay marks and spent nonces could be evicted and what they guard used again: set maxmemory-policy to noeviction"
+                    "redis: maxmemory-policy is {policy}; replay marks, spent nonces and revocations could be evicted and what they guard used again: set maxmemory-policy to noeviction"
                 )));
             }
         }
@@ -460,7 +461,7 @@ impl RedisState {
         match query_on::<Value>(conn, redis::cmd("INFO").arg(section)).await {
             Ok(info) => collect_text(&info, &mut texts),
             Err(e) => {
-                tracing::debug!(redis = %redact_url(&self.url), error = %e, section, "INFO is not answered; the server's settings are not read");
+                tracing::warn!(redis = %redact_url(&self.url), error = %e, section, "INFO is not answered; the server's settings are not checked");
             }
         }
         texts
@@ -823,8 +824,10 @@ impl ReplayStore for RedisState {
         Box::pin(async move {
             // The value is the mark's own expiry, compared on our clock (Redis's expiry
             // only reclaims the memory), so every backend answers alike. The time Redis
-            // keeps it is relative (`EX`): an absolute time would be read on Redis's clock,
-            // and one ahead of ours would drop a mark early and let its replay through.
+            // keeps it is given relative (`EX`): an absolute time would be read on the
+            // primary's clock, and one ahead of ours would drop a mark early and let its
+            // replay through. (Redis still keeps the expiry as an absolute time: a failover
+            // to a replica whose clock is ahead can shorten it.)
             let key = hashed("tb:seen:", key);
             let ttl = expires_at.as_secs().saturating_sub(now.as_secs()).max(1);
             // Every DPoP proof runs this, so the usual case is one native command: `SET NX
@@ -938,7 +941,7 @@ impl RevocationStore for RedisState {
                       keep = math.max(keep, tonumber(ok))
                     end
                   end
-                  redis.call('SET', KEYS[1], at .. ':' .. keep, 'EX', math.max(keep - now, 1))
+                  redis.call('SET', KEYS[1], string.format('%d:%d', at, keep), 'EX', math.max(keep - now, 1))
                   return at",
             );
             let keep = keep_until.as_secs().max(at.as_secs().saturating_add(1));

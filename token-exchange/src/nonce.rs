@@ -4,9 +4,9 @@
 //! here carries its own expiry and a MAC under a key only the broker holds: handing one
 //! out writes nothing, and checking one reads nothing. Shared state is touched only to
 //! spend it, once the request around it has passed every check that needs no state (a
-//! valid subject token, and evidence signed by an enrolled node where the boundary asks
-//! for it), so what an anonymous caller can make the broker store is bounded by what it
-//! can get signed.
+//! valid subject token, and evidence signed by a node certificate where the boundary asks
+//! for it): only a caller holding a valid subject token makes the broker store anything,
+//! and then a mark per request, kept about 90 s.
 //!
 //! Layout, 32 bytes, base64url without padding: the expiry (Unix seconds, 4 bytes, big
 //! endian), 12 random bytes, and the first 16 bytes of HMAC-SHA256 over those 16.

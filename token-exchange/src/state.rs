@@ -45,7 +45,8 @@ pub trait ReplayStore: Send + Sync {
 /// revoked at. An entry is kept until `keep_until`, past which nothing it covers can still
 /// be valid.
 pub trait RevocationStore: Send + Sync {
-    /// Records `key` as revoked at `at`. Revoking again keeps the later time.
+    /// Records `key` as revoked at `at`, which is the caller's now: a store may count how
+    /// long to keep the entry from it. Revoking again keeps the later time.
     fn revoke<'a>(
         &'a self,
         key: &'a str,

@@ -226,6 +226,17 @@ async fn revocations_keep_the_latest_time_until_they_lapse(s: Stores) {
         r.revoked_at(&[], t(n)).await.unwrap(),
         Vec::<Option<UnixTime>>::new()
     );
+    // A keep time far out (a boundary's `max_ttl` has no ceiling) is stored and read back
+    // as a time, not in Lua's exponent notation.
+    r.revoke("tok:far", t(n), t(n + 1_000_000_000_000_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.revoked_at(&["tok:far".to_owned()], t(n + 10))
+            .await
+            .unwrap(),
+        vec![Some(t(n))]
+    );
     // A broker whose clock is far behind the state's: its revocation holds for as long
     // as it asked (a keep time read on the state's clock would already be past).
     let behind = n - 10_000;

@@ -695,8 +695,8 @@ impl Meter {
 
 /// Other processes' use of the cores through a phase, sampled every 50 ms on a thread of
 /// its own. A neighbour that takes a core for a fifth of a second moves a phase's p99 and
-/// hardly its mean: on these machines a RabbitMQ health check, run every five minutes or
-/// so, starts an Erlang VM that keeps about one core busy for 200 ms.
+/// hardly its mean: on these machines RabbitMQ starts an Erlang VM every 60 s that keeps
+/// half a core to a whole one busy for 150 to 250 ms.
 struct Watch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<(Duration, Ticks, u64)>>,
