@@ -848,30 +848,23 @@ impl Row {
     /// burst reached. Said, not judged: the bar is the p99 of every request.
     fn tail(&self) -> String {
         let (peak, at) = self.neighbours.peak();
-        let us = |v: u32| Duration::from_micros(u64::from(v));
-        let requests: Vec<(Duration, Duration)> = self
-            .half
-            .sent
-            .iter()
-            .zip(&self.half.latencies)
-            .map(|(&sent, &latency)| (us(sent), us(latency)))
-            .collect();
-        let bar = Duration::from_secs_f64(P99_HALF_MS / 1000.0);
-        let slow = requests.iter().filter(|r| r.1 > bar).count();
+        let bar_us = (P99_HALF_MS * 1000.0) as u32;
+        let slow = self.half.latencies.iter().filter(|&&l| l > bar_us).count();
         if peak < Neighbours::BURST {
             return format!(
                 "at half rate {slow} requests over {P99_HALF_MS} ms; no burst of other processes ({} cores or more over 100 ms; at most {peak:.2})",
                 Neighbours::BURST
             );
         }
-        let (reached, clear): (Vec<&(Duration, Duration)>, Vec<_>) = requests
-            .iter()
-            .partition(|(sent, latency)| self.neighbours.reached(*sent, *latency));
-        let slow_reached = reached.iter().filter(|r| r.1 > bar).count();
-        let mut clear: Vec<u32> = clear
-            .iter()
-            .map(|r| u32::try_from(r.1.as_micros()).unwrap_or(u32::MAX))
-            .collect();
+        let us = |v: u32| Duration::from_micros(u64::from(v));
+        let (mut slow_reached, mut clear) = (0, Vec::new());
+        for (&sent, &latency) in self.half.sent.iter().zip(&self.half.latencies) {
+            if !self.neighbours.reached(us(sent), us(latency)) {
+                clear.push(latency);
+            } else if latency > bar_us {
+                slow_reached += 1;
+            }
+        }
         clear.sort_unstable();
         format!(
             "at half rate {slow} requests over {P99_HALF_MS} ms, {slow_reached} of them in flight during a burst of other processes ({} cores or more over 100 ms; at most {peak:.2}, {:.2} s into the phase) or within {} ms after it; the p99 of the {} requests no burst reached {:.2} ms",
